@@ -1,0 +1,129 @@
+"""The math of a codec: what every compression method implements.
+
+A `Compressor` holds no state of its own. Its state is passed in and returned
+explicitly, split in two:
+
+- *shared* state, which the encoder and the decoder must hold identically (a
+  predictor's memory, the previous signs, the last transmitted update, ...);
+- *local* state, which only the encoder keeps (error-feedback memory, a warm start).
+
+Both are flat `dict[str, np.ndarray]`, so they fit in Flower records as they are.
+The endpoints in `flcomp.codecs.endpoints` add the header, the fingerprint and the
+commit/rollback protocol around it; a compressor only writes and reads its body.
+
+Tensors reach a compressor flat (1-D float32, one per tensor of the `ModelSpec`),
+and it returns them flat: `decoded` must be exactly what `decode` will return for
+the same body and shared state, bit for bit, so both sides stay in sync.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from flcomp.codecs.spec import ModelSpec, TensorSpec
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What an encoder may know besides the update, from broadcasts both sides saw.
+
+    Event-triggered codecs (LAG, GD-SEC) set their thresholds from it; the others
+    ignore it.
+    """
+
+    num_clients: int = 1
+    """K, the number of clients that take part in the round."""
+    lr: float = 1.0
+    """The server's step size α."""
+    model_change_sq: tuple[float, ...] = ()
+    """‖w(t+1−d) − w(t−d)‖² for d = 1, 2, ..., newest first."""
+
+
+@dataclass
+class Step:
+    """The outcome of encoding one update: what the decoder will see, and the new state."""
+
+    decoded: list[np.ndarray]
+    shared: State = field(default_factory=dict)
+    local: State = field(default_factory=dict)
+
+
+class Compressor(ABC):
+    """Encoding and decoding math of one codec, for one model spec."""
+
+    name: ClassVar[str]
+    """Registry name, e.g. "topk"."""
+    codec_id: ClassVar[int]
+    """The id in the payload header; unique, stable across versions."""
+    Config: ClassVar[type]
+    """Dataclass of the codec's parameters, each with its documented default."""
+    lossless: ClassVar[bool] = False
+    """True when decode(encode(x)) == x bit for bit (float32 updates)."""
+    error_feedback: ClassVar[bool] = False
+    """Whether `flcomp.codecs.codec()` wraps it in error feedback unless told otherwise."""
+
+    def __init__(self, spec: ModelSpec, config: Any) -> None:
+        self.spec = spec
+        self.config = config
+
+    def initial_shared(self) -> State:
+        """Shared state at the start and after every key frame."""
+        return {}
+
+    def initial_local(self) -> State:
+        """Encoder-only state at the start."""
+        return {}
+
+    @abstractmethod
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
+        """Write the body for flat float32 tensors `x`; return the decoded update and new state.
+
+        Must not modify `x`, `shared` or `local` in place: the endpoint keeps them
+        until the step is committed or rolled back.
+        """
+
+    @abstractmethod
+    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
+        """Read a body; return the flat float32 update and the new shared state.
+
+        Must validate every count against the spec before using it (raising
+        PayloadError) and must not modify `shared` in place.
+        """
+
+
+class TensorCompressor(Compressor):
+    """A stateless compressor that treats each tensor on its own.
+
+    Subclasses write `encode_tensor` and `decode_tensor`; the loop over tensors is here.
+    """
+
+    @abstractmethod
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Write one flat tensor; return its reconstruction."""
+
+    @abstractmethod
+    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
+        """Read one flat tensor of `t.size` entries."""
+
+    def encode(self, x, shared, local, out, rng, ctx) -> Step:
+        return Step([self.encode_tensor(xi, t, out, rng) for xi, t in zip(x, self.spec.tensors)])
+
+    def decode(self, body, shared):
+        return [self.decode_tensor(body, t) for t in self.spec.tensors], shared

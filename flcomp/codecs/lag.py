@@ -1,0 +1,83 @@
+"""LAG: lazily aggregated gradients (Chen, Giannakis, Sun, Yin; NeurIPS 2018).
+
+A client uploads its update only when it differs enough from the one it last
+uploaded; otherwise it sends a one-byte "skip" and the server reuses the last one.
+LAG-WK's trigger skips round k iff
+
+    ‖g(k) − ĝ‖² ≤ (1 / (α² K²)) · Σ_{d=1..D} (ξ/D) · ‖w(k+1−d) − w(k−d)‖²
+
+with ĝ the last upload, α the step size, K the clients and the model changes from
+`RoundContext` (with no history the right side is 0 and every update is sent).
+rule="relative" needs no history: skip iff ‖g − ĝ‖² ≤ ξ·‖g‖².
+
+Shared state: ĝ, one float32 array per tensor (zeros after a key frame).
+
+    u8 sent (0 or 1) | if sent: every tensor as float32
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
+from flcomp.codecs.errors import PayloadError
+from flcomp.codecs.registry import register
+
+
+@dataclass(frozen=True)
+class LAGConfig:
+    xi: float = 1.0
+    """ξ, the trigger's weight. Larger: more skipped rounds, staler updates."""
+    memory: int = 10
+    """D, how many past model changes LAG-WK's threshold sums (the paper's D = 10)."""
+    rule: Literal["lag-wk", "relative"] = "lag-wk"
+    """"lag-wk": the paper's worker-side trigger, from RoundContext's model changes;
+    "relative": ‖g − ĝ‖² ≤ ξ·‖g‖², for drivers that supply no history."""
+
+    def __post_init__(self) -> None:
+        if self.xi < 0 or self.memory < 1:
+            raise ValueError("LAG needs xi ≥ 0 and memory ≥ 1")
+
+
+@register
+class LAG(Compressor):
+    """Event-triggered upload: the whole update in float32, or a skip."""
+
+    name = "lag"
+    codec_id = 8
+    Config = LAGConfig
+
+    def initial_shared(self) -> State:
+        return {f"last/{i}": np.zeros(t.size, np.float32) for i, t in enumerate(self.spec.tensors)}
+
+    def threshold(self, g_sq: float, ctx: RoundContext) -> float:
+        """The right side of the trigger: skip iff ‖g − ĝ‖² ≤ threshold."""
+        c = self.config
+        if c.rule == "relative":
+            return c.xi * g_sq
+        changes = ctx.model_change_sq[: c.memory]
+        return (c.xi / c.memory) * float(sum(changes)) / (ctx.lr * ctx.num_clients) ** 2
+
+    def encode(self, x, shared, local, out, rng, ctx) -> Step:
+        last = [shared[f"last/{i}"] for i in range(len(x))]
+        diff_sq = sum(float(np.dot(xi - li, xi - li)) for xi, li in zip(x, last))
+        g_sq = sum(float(np.dot(xi, xi)) for xi in x)
+        if diff_sq <= self.threshold(g_sq, ctx):
+            out.struct("B", 0)
+            return Step([li.copy() for li in last], shared)
+        out.struct("B", 1)
+        for xi in x:
+            out.array(xi)
+        return Step(x, {f"last/{i}": xi for i, xi in enumerate(x)})
+
+    def decode(self, body, shared):
+        (sent,) = body.struct("B")
+        if sent not in (0, 1):
+            raise PayloadError(f"LAG flag {sent} is neither 0 nor 1")
+        if not sent:
+            return [shared[f"last/{i}"].copy() for i in range(len(self.spec))], shared
+        x = [body.array(np.float32, t.size, limit=t.size).copy() for t in self.spec.tensors]
+        return x, {f"last/{i}": xi for i, xi in enumerate(x)}

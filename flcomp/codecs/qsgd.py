@@ -1,0 +1,127 @@
+"""QSGD: stochastic quantization to s levels (Alistarh et al., NeurIPS 2017).
+
+Per bucket v of B consecutive entries of a tensor:
+
+    Q(v)_i = ‖v‖₂ · sign(v_i) · ξ_i / s,
+    ξ_i = ⌊s·|v_i|/‖v‖₂ + u_i⌋,  u_i ~ U[0, 1)
+
+so E[Q(v)] = v (unbiased) and |Q(v)_i − v_i| ≤ ‖v‖₂ / s. The dither u has 16 bits,
+(b + ½)/2¹⁶ for a uniform 16-bit b, which keeps the bias below 2⁻¹⁷ of a level
+step and costs a quarter of a 64-bit draw per entry. The signed levels ±ξ_i
+(one byte each, mostly 0 and ±1) are entropy-coded, as the paper does with Elias
+codes:
+
+    coding="zstd"   Zstandard: Huffman-coded bytes (plus LZ matches), ~1 GB/s.
+    coding="range"  range coding against the levels' own histogram (constriction):
+                    at the empirical entropy, ~7× slower.
+
+    per tensor: ceil(n/B) float32 norms | coded levels
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import zstandard
+
+from flcomp.codecs import entropy
+from flcomp.codecs.compressor import TensorCompressor
+from flcomp.codecs.errors import PayloadError
+from flcomp.codecs.registry import register
+
+_DITHER = 2**16
+
+
+@dataclass(frozen=True)
+class QSGDConfig:
+    levels: int = 16
+    """s, the number of quantization levels above zero (1 ≤ s ≤ 127). More levels:
+    less variance, more bits; s = 1 is ternary."""
+    bucket_size: int = 512
+    """B, entries sharing one norm. Smaller buckets: less variance, 32 more bits per
+    bucket. The paper's experiments use 512."""
+    coding: Literal["zstd", "range"] = "zstd"
+    """How the levels are entropy-coded: "range" saves ~5% of the bits for ~7× the time."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.levels <= 127:
+            raise ValueError(f"levels must lie in [1, 127], got {self.levels}")
+        if self.bucket_size < 1:
+            raise ValueError(f"bucket_size must be positive, got {self.bucket_size}")
+
+
+@register
+class QSGD(TensorCompressor):
+    """Unbiased stochastic quantization with per-bucket L2 norms."""
+
+    name = "qsgd"
+    codec_id = 4
+    Config = QSGDConfig
+
+    def encode_tensor(self, x, t, out, rng):
+        s = self.config.levels
+        norms = self._bucket_norms(x)
+        y = np.abs(x)
+        self._scale_buckets(y, np.float32(s * _DITHER) / np.where(norms > 0, norms, np.float32(1)))
+        y += rng.bit_generator.random_raw(-(-x.size // 4)).view(np.uint16)[: x.size]
+        y += np.float32(0.5)
+        y *= np.float32(1 / _DITHER)
+        levels = np.minimum(y, s, out=y).astype(np.int8)
+        levels *= 1 - 2 * (x < 0).view(np.int8)
+        out.array(norms)
+        if self.config.coding == "range":
+            entropy.encode_symbols(levels.astype(np.int32) + s, 2 * s + 1, out)
+        else:
+            out.blob(zstandard.ZstdCompressor(level=1).compress(levels))
+        return self._reconstruct(norms, levels)
+
+    def decode_tensor(self, body, t):
+        s, n = self.config.levels, t.size
+        nb = -(-n // self.config.bucket_size)
+        norms = body.array(np.float32, nb, limit=nb)
+        if not (np.isfinite(norms).all() and (norms >= 0).all()):
+            raise PayloadError("QSGD norms must be finite and non-negative")
+        if self.config.coding == "range":
+            levels = (entropy.decode_symbols(body, n, 2 * s + 1) - s).astype(np.int8)
+        else:
+            levels = _unzstd(body.blob(limit=n + 1024), n).view(np.int8)
+            if n and int(np.abs(levels.astype(np.int16)).max()) > s:
+                raise PayloadError(f"QSGD level beyond ±{s}")
+        return self._reconstruct(norms, levels)
+
+    def _bucket_norms(self, x: np.ndarray) -> np.ndarray:
+        b, full = self.config.bucket_size, x.size // self.config.bucket_size * self.config.bucket_size
+        main = x[:full].reshape(-1, b)
+        norms = np.sqrt(np.einsum("ij,ij->i", main, main))
+        if full < x.size:
+            norms = np.append(norms, np.float32(np.linalg.norm(x[full:])))
+        return norms.astype(np.float32, copy=False)
+
+    def _scale_buckets(self, y: np.ndarray, factor: np.ndarray) -> None:
+        """y[i] *= factor[bucket of i], in place."""
+        b = self.config.bucket_size
+        full = y.size // b * b
+        y[:full].reshape(-1, b)[...] *= factor[: full // b, None]
+        y[full:] *= factor[-1] if full < y.size else np.float32(1)
+
+    def _reconstruct(self, norms: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """‖v‖/s · ±ξ entry by entry: the same float32 operations on both sides."""
+        out = levels.astype(np.float32)
+        self._scale_buckets(out, norms / np.float32(self.config.levels))
+        return out
+
+
+def _unzstd(frame: memoryview, n: int) -> np.ndarray:
+    """A Zstandard frame that must declare and hold exactly n bytes (checked before allocating)."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared != n:
+            raise PayloadError(f"zstd frame declares {declared} bytes, expected {n}")
+        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=n)
+    except zstandard.ZstdError as e:
+        raise PayloadError(f"zstd frame refused: {e}") from e
+    if len(data) != n:
+        raise PayloadError(f"zstd frame holds {len(data)} bytes, expected {n}")
+    return np.frombuffer(data, np.uint8)

@@ -1,0 +1,147 @@
+"""The codec registry: every codec selectable by name, with a typed config.
+
+    from flcomp.codecs import codec
+    c = codec("topk", ratio=0.01)                 # or Codec.parse("topk:ratio=0.01")
+    enc, dec = c.encoder(spec, seed=1), c.decoder(spec)
+
+A codec module registers its `Compressor` subclass with `@register`; the list of
+codec modules is `flcomp.codecs.__init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from flcomp.codecs.compressor import Compressor
+from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder
+from flcomp.codecs.error_feedback import ErrorFeedback
+from flcomp.codecs.spec import ModelSpec
+
+REGISTRY: dict[str, type[Compressor]] = {}
+
+
+def register(cls: type[Compressor]) -> type[Compressor]:
+    """Class decorator: add a compressor to the registry under `cls.name`."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"codec name {cls.name!r} is registered twice")
+    taken = {c.codec_id: n for n, c in REGISTRY.items()}
+    if cls.codec_id in taken:
+        raise ValueError(f"codec id {cls.codec_id} of {cls.name!r} is taken by {taken[cls.codec_id]!r}")
+    if not 0 <= cls.codec_id < 256:
+        raise ValueError("codec ids are one byte")
+    if not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A registered codec with its config: makes the encoders and decoders of a link."""
+
+    name: str
+    config: Any
+    error_feedback: bool
+
+    @property
+    def compressor_class(self) -> type[Compressor]:
+        return REGISTRY[self.name]
+
+    def compressor(self, spec: ModelSpec) -> Compressor:
+        """The codec's math for `spec`, wrapped in error feedback if configured."""
+        c = self.compressor_class(spec, self.config)
+        return ErrorFeedback(c) if self.error_feedback else c
+
+    def encoder(self, spec: ModelSpec, seed: int = 0) -> Encoder:
+        """A client-side encoder in the initial state."""
+        return Encoder(self.compressor(spec), seed=seed)
+
+    def decoder(self, spec: ModelSpec) -> Decoder:
+        """A server-side decoder for one client, in the initial state."""
+        return Decoder(self.compressor(spec))
+
+    def decoder_pool(self, spec: ModelSpec) -> DecoderPool:
+        """The server side for many clients."""
+        return DecoderPool(lambda: self.decoder(spec))
+
+    def describe(self) -> str:
+        """The codec as `parse` reads it back, every parameter spelled out."""
+        params = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+        if not self.compressor_class.lossless:
+            params["error_feedback"] = self.error_feedback
+        if not params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
+
+    @classmethod
+    def parse(cls, text: str) -> Codec:
+        """Read "name" or "name:key=value,key=value" (values typed from the config)."""
+        name, _, rest = text.partition(":")
+        params: dict[str, str] = {}
+        for item in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"codec parameter {item!r} is not key=value")
+            params[key.strip()] = value.strip()
+        if name.strip() not in REGISTRY:
+            raise ValueError(f"unknown codec {name.strip()!r}; available: {', '.join(available())}")
+        config_cls = REGISTRY[name.strip()].Config
+        hints = typing.get_type_hints(config_cls)
+        typed: dict[str, Any] = {}
+        for key, value in params.items():
+            if key == "error_feedback":
+                typed[key] = _convert(value, bool, key)
+            elif key in hints:
+                typed[key] = _convert(value, hints[key], key)
+            else:
+                typed[key] = value
+        return codec(name.strip(), **typed)
+
+
+def codec(name: str, *, error_feedback: bool | None = None, **params: Any) -> Codec:
+    """Look up a codec by name and build its config from `params` (defaults otherwise)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown codec {name!r}; available: {', '.join(available())}")
+    cls = REGISTRY[name]
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"codec {name!r} has no parameter {sorted(unknown)}; it has {sorted(known)}")
+    if error_feedback and cls.lossless:
+        raise ValueError(f"codec {name!r} is lossless: error feedback has nothing to feed back")
+    ef = cls.error_feedback if error_feedback is None else error_feedback
+    return Codec(name, cls.Config(**params), ef)
+
+
+def available() -> list[str]:
+    """Names of the registered codecs."""
+    return sorted(REGISTRY)
+
+
+def _convert(value: str, kind: Any, key: str) -> Any:
+    """A string from the command line as a value of the config field's type."""
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        for choice in typing.get_args(kind):
+            if str(choice) == value:
+                return choice
+        raise ValueError(f"{key} must be one of {typing.get_args(kind)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value.lower() == "none" and len(options) < len(typing.get_args(kind)):
+            return None
+        return _convert(value, options[0], key)
+    if kind is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{key}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from e

@@ -1,0 +1,54 @@
+"""Scaled sign, the compressor of EF-signSGD (Karimireddy et al. 2019; Bernstein et al. 2018).
+
+    C(x) = (‖x‖₁ / n) · sign(x)        per tensor of n entries
+
+One bit per entry plus one float32 scale per tensor. Biased, so it is used with
+error feedback by default (that is EF-signSGD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flcomp.codecs.compressor import TensorCompressor
+from flcomp.codecs.errors import PayloadError
+from flcomp.codecs.registry import register
+
+
+@dataclass(frozen=True)
+class ScaledSignConfig:
+    """Scaled sign has no parameters."""
+
+
+@register
+class ScaledSign(TensorCompressor):
+    """α·sign(x), α = mean |x|; sign(0) is taken as +1."""
+
+    name = "scaled_sign"
+    codec_id = 6
+    Config = ScaledSignConfig
+    error_feedback = True
+
+    def encode_tensor(self, x, t, out, rng):
+        alpha = np.float32(np.abs(x).sum() / x.size) if x.size else np.float32(0)
+        negative = np.packbits(x < 0)
+        out.struct("f", alpha)
+        out.array(negative)
+        return _reconstruct(alpha, negative, x.size)
+
+    def decode_tensor(self, body, t):
+        (alpha,) = body.struct("f")
+        if not alpha >= 0:
+            raise PayloadError(f"scale {alpha} is not a non-negative number")
+        nbytes = -(-t.size // 8)
+        return _reconstruct(np.float32(alpha), body.array(np.uint8, nbytes, limit=nbytes), t.size)
+
+
+def _reconstruct(alpha: np.float32, negative: np.ndarray, n: int) -> np.ndarray:
+    """±α from the packed sign bits (1 = negative), by setting float32 sign bits."""
+    bits = np.unpackbits(negative, count=n).astype(np.uint32)
+    bits <<= 31
+    bits |= alpha.view(np.uint32)
+    return bits.view(np.float32)
