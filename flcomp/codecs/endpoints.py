@@ -29,9 +29,15 @@ import numpy as np
 
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.errors import PayloadError, ProtocolError, StateMismatchError
-from flcomp.codecs.wire import Header, PayloadWriter, pack, unpack
+from flcomp.codecs.spec import ModelSpec
+from flcomp.codecs.wire import HEADER_BYTES, Header, PayloadWriter, pack, unpack
 
 INITIAL_FINGERPRINT = 0
+
+
+def max_payload_bytes(spec: ModelSpec) -> int:
+    """An upper bound on any codec's payload for `spec`: 8 bytes an entry, 1 KiB a tensor."""
+    return HEADER_BYTES + 8 * spec.size + 1024 * len(spec)
 
 
 def next_fingerprint(fingerprint: int, crc: int) -> int:
@@ -198,6 +204,8 @@ class Decoder:
         if self._pending is not None:
             raise ProtocolError("a step is pending: commit() or rollback() it first")
         spec = self.compressor.spec
+        if isinstance(payload, (bytes, bytearray, memoryview)) and len(payload) > max_payload_bytes(spec):
+            raise PayloadError(f"payload of {len(payload)} bytes is too long for this model")
         header, body = unpack(payload, self.compressor.codec_id, len(spec))
         if header.key_frame:
             if header.fingerprint != INITIAL_FINGERPRINT:

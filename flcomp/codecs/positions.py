@@ -27,9 +27,9 @@ def encode_positions(positions: np.ndarray, n: int, out: PayloadWriter) -> None:
     k = rice.best_k(gaps)
     coded = PayloadWriter()
     rice.rice_encode(gaps, k, coded)
-    if sum(len(c) for c in coded.chunks) < -(-n // 8):
+    if coded.nbytes < -(-n // 8):
         out.struct("B", k)
-        out.chunks += coded.chunks
+        out.extend(coded)
     else:
         mask = np.zeros(n, np.bool_)
         mask[positions] = True

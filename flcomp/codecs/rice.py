@@ -71,7 +71,7 @@ def rice_decode(body: PayloadReader, k: int, n: int, max_value: int) -> np.ndarr
         more = np.unpackbits(body.array(np.uint8, nbytes, limit=nbytes), count=active).view(np.bool_)
         planes.append(more)
         active = int(np.count_nonzero(more))
-    q = body.array("<u4", active, limit=active).astype(np.int64) + MAX_PLANES
+    q = body.array("<u4", active, limit=active).astype(np.int64)
     for more in reversed(planes):
         deeper, q = q, more.astype(np.int64)
         q[more] += deeper

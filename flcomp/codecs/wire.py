@@ -106,6 +106,15 @@ class PayloadWriter:
         a = np.ascontiguousarray(a)
         self.chunks.append(memoryview(a).cast("B"))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes written so far."""
+        return sum(len(c) for c in self.chunks)
+
+    def extend(self, other: PayloadWriter) -> None:
+        """Append everything written to `other`."""
+        self.chunks += other.chunks
+
     def blob(self, data: bytes | np.ndarray) -> None:
         """Append a length-prefixed (u32) byte string."""
         data = memoryview(np.ascontiguousarray(data)).cast("B")
