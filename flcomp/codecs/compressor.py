@@ -31,6 +31,11 @@ State = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
+class NoConfig:
+    """The config of a codec without parameters."""
+
+
+@dataclass(frozen=True)
 class RoundContext:
     """What an encoder may know besides the update, from broadcasts both sides saw.
 

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from flcomp.codecs.compressor import TensorCompressor
+from flcomp.codecs.compressor import NoConfig, TensorCompressor
 from flcomp.codecs.registry import register
 from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 _FP16_MAX = float(np.finfo(np.float16).max)
-
-
-@dataclass(frozen=True)
-class NoConfig:
-    """This codec has no parameters."""
 
 
 @register

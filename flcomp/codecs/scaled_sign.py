@@ -8,18 +8,11 @@ error feedback by default (that is EF-signSGD).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from flcomp.codecs.compressor import TensorCompressor
+from flcomp.codecs.compressor import NoConfig, TensorCompressor
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
-
-
-@dataclass(frozen=True)
-class ScaledSignConfig:
-    """Scaled sign has no parameters."""
 
 
 @register
@@ -28,7 +21,7 @@ class ScaledSign(TensorCompressor):
 
     name = "scaled_sign"
     codec_id = 6
-    Config = ScaledSignConfig
+    Config = NoConfig
     error_feedback = True
 
     def encode_tensor(self, x, t, out, rng):

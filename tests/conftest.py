@@ -1,0 +1,129 @@
+"""Shared specs, codec configs and link helpers for the codec-layer tests."""
+
+from __future__ import annotations
+
+import signal
+import struct
+import zlib
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from flcomp.codecs import REGISTRY, Codec, ModelSpec, available, codec
+
+# Every @settings in the suite also spells out deadline=None and derandomize=True;
+# the profile adds what they leave out: no example database, so runs never depend
+# on what an earlier run found.
+settings.register_profile(
+    "flcomp",
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("flcomp")
+
+SHAPES = [(20, 30), (30,), (7, 5, 3)]
+SPEC = ModelSpec.of([np.zeros(s, np.float32) for s in SHAPES])
+"""The default multi-tensor spec: a matrix, a vector and a 3-D tensor (735 entries)."""
+
+TINY_SPEC = ModelSpec.of([np.zeros(s, np.float32) for s in [(8, 12), (5,), (4, 3, 2)]])
+"""A smaller spec (125 entries) for the fuzzers: PowerSGD still compresses both matrices."""
+
+NAMES = available()
+
+EXTRA_CONFIGS = [
+    codec("qsgd", coding="range"),
+    codec("topk", value_dtype="float16"),
+    codec("randomk", unbiased=True, error_feedback=False),
+    codec("lag", rule="relative", xi=0.5),
+    codec("powersgd", rank=2),
+    codec("powersgd", warm_start=False),
+    # Not in the default configs' paths: several QSGD buckets per tensor with a
+    # ragged last one, bitmap-coded top-k positions, error feedback around QSGD.
+    codec("qsgd", levels=3, bucket_size=7),
+    codec("topk", ratio=0.5),
+    codec("qsgd", error_feedback=True),
+]
+
+CONFIGS = [codec(name) for name in NAMES] + EXTRA_CONFIGS
+"""Every registered codec with its defaults, then the extra configs that matter."""
+
+LOSSY_CONFIGS = [c for c in CONFIGS if not REGISTRY[c.name].lossless]
+
+
+def config_id(c: Codec) -> str:
+    return c.describe()
+
+
+def configs_except(*names: str) -> list[Codec]:
+    return [c for c in CONFIGS if c.name not in names]
+
+
+def random_update(rng: np.random.Generator, spec: ModelSpec = SPEC, scale: float = 1.0):
+    """A Gaussian update shaped as `spec` (dtypes of the spec)."""
+    return [(scale * rng.standard_normal(t.shape)).astype(t.dtype) for t in spec.tensors]
+
+
+def transmit(enc, dec, update, delivered: bool):
+    """One round over the link: encode, deliver or lose the payload, sync the encoder.
+
+    Returns the decoder's output when delivered, else None. A lost payload is rolled
+    back by `enc.sync(dec.fingerprint)`.
+    """
+    payload = enc.encode(update)
+    decoded = None
+    if delivered:
+        decoded = dec.decode(payload)
+        dec.commit()
+    enc.sync(dec.fingerprint)
+    return decoded
+
+
+def shared_states_equal(enc, dec) -> bool:
+    """Whether the encoder's committed shared state is the decoder's, array for array."""
+    e, d = enc.state_dict(), dec.state_dict()
+    keys = {k for k in d if k.startswith("shared/")}
+    if keys != {k for k in e if k.startswith("shared/")}:
+        return False
+    return all(np.array_equal(e[k], d[k]) and e[k].dtype == d[k].dtype for k in keys)
+
+
+def forge(payload: bytes, body: bytes, **header) -> bytes:
+    """`payload`'s header (fields overridden by `header`) around `body`, with a correct CRC.
+
+    Header fields (wire.py): magic, version, codec_id, flags, fingerprint, count.
+    """
+    magic, version, codec_id, flags, fingerprint, count = struct.unpack_from("<2sBBBII", payload)
+    fields = dict(
+        magic=magic, version=version, codec_id=codec_id, flags=flags,
+        fingerprint=fingerprint, count=count,
+    )
+    fields.update(header)
+    head = struct.pack("<2sBBBII", *fields.values())
+    crc = zlib.crc32(body, zlib.crc32(head))
+    return head + struct.pack("<I", crc) + bytes(body)
+
+
+@contextmanager
+def no_hang(seconds: float = 10.0):
+    """Fail with TimeoutError instead of hanging (SIGALRM; main thread only)."""
+
+    def alarm(signum, frame):
+        raise TimeoutError(f"no result within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
