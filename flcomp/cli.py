@@ -75,10 +75,14 @@ def cmd_codecs(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="flcomp", description="Communication-efficient federated learning on Flower.")
+    parser = argparse.ArgumentParser(
+        prog="flcomp", description="Communication-efficient federated learning on Flower."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("codecs", help="compare every codec on an embedded update stream")
-    p.add_argument("codec", nargs="*", default=[], help='codec strings, e.g. "topk:ratio=0.001" (default: all)')
+    p.add_argument(
+        "codec", nargs="*", default=[], help='codec strings, e.g. "topk:ratio=0.001" (default: all)'
+    )
     p.add_argument("--entries", type=int, default=1_000_000, help="entries per update (default 1,000,000)")
     p.add_argument("--rounds", type=int, default=10, help="updates in the stream (default 10)")
     p.set_defaults(run=cmd_codecs)

@@ -127,8 +127,16 @@ class TensorCompressor(Compressor):
     def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         """Read one flat tensor of `t.size` entries."""
 
-    def encode(self, x, shared, local, out, rng, ctx) -> Step:
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
         return Step([self.encode_tensor(xi, t, out, rng) for xi, t in zip(x, self.spec.tensors)])
 
-    def decode(self, body, shared):
+    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         return [self.decode_tensor(body, t) for t in self.spec.tensors], shared

@@ -306,9 +306,7 @@ class DecoderPool:
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
         """Every client's decoder state under "<client>/..." keys."""
-        return {
-            f"{c}/{k}": v for c, dec in self.decoders.items() for k, v in dec.state_dict().items()
-        }
+        return {f"{c}/{k}": v for c, dec in self.decoders.items() for k, v in dec.state_dict().items()}
 
     def load_state_dict(self, d: Mapping[str, np.ndarray | int]) -> None:
         """Restore from `state_dict()`."""
@@ -335,8 +333,7 @@ def _unprefixed(d: Mapping[str, np.ndarray | int], prefix: str, like: State) -> 
         v = np.asarray(v)
         if v.shape != ref.shape or v.dtype != ref.dtype:
             raise ValueError(
-                f"state entry {prefix + k!r}: {v.dtype}{list(v.shape)}, "
-                f"expected {ref.dtype}{list(ref.shape)}"
+                f"state entry {prefix + k!r}: {v.dtype}{list(v.shape)}, expected {ref.dtype}{list(ref.shape)}"
             )
         out[k] = v.copy()
     return out

@@ -21,7 +21,9 @@ class Float32(TensorCompressor):
     Config = NoConfig
     lossless = True
 
-    def encode_tensor(self, x, t, out, rng):
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
         out.array(x)
         return x
 
@@ -41,12 +43,14 @@ class Float16(TensorCompressor):
     codec_id = 2
     Config = NoConfig
 
-    def encode_tensor(self, x, t, out: PayloadWriter, rng):
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
         half = np.clip(x, -_FP16_MAX, _FP16_MAX).astype(np.float16)
         out.array(half)
         return half.astype(np.float32)
 
-    def decode_tensor(self, body, t):
+    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         return body.array(np.float16, t.size, limit=t.size).astype(np.float32)
 
 
@@ -62,7 +66,9 @@ class BFloat16(TensorCompressor):
     codec_id = 3
     Config = NoConfig
 
-    def encode_tensor(self, x, t, out, rng):
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
         bits = x.view(np.uint32).astype(np.uint64)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         top = rounded.astype(np.uint16)
@@ -71,7 +77,7 @@ class BFloat16(TensorCompressor):
         out.array(top)
         return _widen(top)
 
-    def decode_tensor(self, body, t):
+    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         return _widen(body.array(np.uint16, t.size, limit=t.size))
 
 

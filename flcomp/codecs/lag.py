@@ -25,6 +25,7 @@ import numpy as np
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,15 @@ class LAG(Compressor):
         changes = ctx.model_change_sq[: c.memory]
         return (c.xi / c.memory) * float(sum(changes)) / (ctx.lr * ctx.num_clients) ** 2
 
-    def encode(self, x, shared, local, out, rng, ctx) -> Step:
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
         last = [shared[f"last/{i}"] for i in range(len(x))]
         diff_sq = sum(float(np.dot(xi - li, xi - li)) for xi, li in zip(x, last))
         g_sq = sum(float(np.dot(xi, xi)) for xi in x)
@@ -73,7 +82,7 @@ class LAG(Compressor):
             out.array(xi)
         return Step(x, {f"last/{i}": xi for i, xi in enumerate(x)})
 
-    def decode(self, body, shared):
+    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         (sent,) = body.struct("B")
         if sent not in (0, 1):
             raise PayloadError(f"LAG flag {sent} is neither 0 nor 1")

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flcomp.codecs.compressor import Compressor, State, Step
+from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.registry import register
 from flcomp.codecs.spec import TensorSpec
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,15 @@ class PowerSGD(Compressor):
             if self.low_rank(t)
         }
 
-    def encode(self, x, shared, local, out, rng, ctx) -> Step:
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
         decoded, new_local = [], {}
         for i, (xi, t) in enumerate(zip(x, self.spec.tensors)):
             if not self.low_rank(t):
@@ -87,7 +96,7 @@ class PowerSGD(Compressor):
             new_local[f"q/{i}"] = q
         return Step(decoded, shared, new_local)
 
-    def decode(self, body, shared):
+    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         decoded = []
         r = self.config.rank
         for t in self.spec.tensors:

@@ -34,6 +34,8 @@ from flcomp.codecs import entropy
 from flcomp.codecs.compressor import TensorCompressor
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
+from flcomp.codecs.spec import TensorSpec
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 _DITHER = 2**16
 
@@ -64,7 +66,9 @@ class QSGD(TensorCompressor):
     codec_id = 4
     Config = QSGDConfig
 
-    def encode_tensor(self, x, t, out, rng):
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
         s = self.config.levels
         norms = self._bucket_norms(x)
         y = np.abs(x)
@@ -83,7 +87,7 @@ class QSGD(TensorCompressor):
             out.blob(zstandard.ZstdCompressor(level=1).compress(pack_levels(levels, largest)))
         return self._reconstruct(norms, levels)
 
-    def decode_tensor(self, body, t):
+    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         s, n = self.config.levels, t.size
         nb = -(-n // self.config.bucket_size)
         norms = body.array(np.float32, nb, limit=nb)

@@ -18,7 +18,9 @@ import numpy as np
 
 from flcomp.codecs.compressor import TensorCompressor
 from flcomp.codecs.registry import register
+from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.topk import ValueDtype, kept_count, read_values, scatter, write_values
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class RandomK(TensorCompressor):
     Config = RandomKConfig
     error_feedback = True
 
-    def encode_tensor(self, x, t, out, rng):
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
         seed = int(rng.integers(2**32))
         k = kept_count(self.config.ratio, t.size)
         positions = random_positions(seed, t.size, k)
@@ -58,7 +62,7 @@ class RandomK(TensorCompressor):
         values = write_values(x[positions], self.config.value_dtype, out)
         return self._dense(t.size, positions, values)
 
-    def decode_tensor(self, body, t):
+    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         (seed,) = body.struct("I")
         k = kept_count(self.config.ratio, t.size)
         values = read_values(body, self.config.value_dtype, k)

@@ -13,6 +13,8 @@ import numpy as np
 from flcomp.codecs.compressor import NoConfig, TensorCompressor
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
+from flcomp.codecs.spec import TensorSpec
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 
 @register
@@ -24,14 +26,16 @@ class ScaledSign(TensorCompressor):
     Config = NoConfig
     error_feedback = True
 
-    def encode_tensor(self, x, t, out, rng):
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
         alpha = np.float32(np.abs(x).sum() / x.size) if x.size else np.float32(0)
         negative = np.packbits(x < 0)
         out.struct("f", alpha)
         out.array(negative)
         return _reconstruct(alpha, negative, x.size)
 
-    def decode_tensor(self, body, t):
+    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         (alpha,) = body.struct("f")
         if not alpha >= 0:
             raise PayloadError(f"scale {alpha} is not a non-negative number")

@@ -79,6 +79,4 @@ class ModelSpec:
 
     def restore(self, flat: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Flat float32 arrays back to the spec's shapes and dtypes."""
-        return [
-            x.reshape(t.shape).astype(t.dtype, copy=False) for x, t in zip(flat, self.tensors)
-        ]
+        return [x.reshape(t.shape).astype(t.dtype, copy=False) for x, t in zip(flat, self.tensors)]

@@ -23,6 +23,7 @@ from flcomp.codecs.compressor import TensorCompressor
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.positions import decode_positions, encode_positions
 from flcomp.codecs.registry import register
+from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 ValueDtype = Literal["float32", "float16"]
@@ -103,7 +104,9 @@ class TopK(TensorCompressor):
     Config = TopKConfig
     error_feedback = True
 
-    def encode_tensor(self, x, t, out, rng):
+    def encode_tensor(
+        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    ) -> np.ndarray:
         k = kept_count(self.config.ratio, t.size)
         positions = top_k_positions(np.abs(x), k) if k else np.zeros(0, np.int64)
         out.struct("I", k)
@@ -111,7 +114,7 @@ class TopK(TensorCompressor):
         values = write_values(x[positions], self.config.value_dtype, out)
         return scatter(t.size, positions, values)
 
-    def decode_tensor(self, body, t):
+    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         (k,) = body.struct("I")
         if k != kept_count(self.config.ratio, t.size):
             raise PayloadError(f"{k} kept entries, the config keeps {kept_count(self.config.ratio, t.size)}")

@@ -52,9 +52,7 @@ class Header:
 def pack(header: Header, body: list[bytes | memoryview]) -> tuple[bytes, int]:
     """Header plus body chunks as one payload; returns the payload and its CRC."""
     flags = FLAG_KEY_FRAME if header.key_frame else 0
-    head = _HEAD.pack(
-        MAGIC, FORMAT_VERSION, header.codec_id, flags, header.fingerprint, header.tensor_count
-    )
+    head = _HEAD.pack(MAGIC, FORMAT_VERSION, header.codec_id, flags, header.fingerprint, header.tensor_count)
     crc = zlib.crc32(head)
     for chunk in body:
         crc = zlib.crc32(chunk, crc)
