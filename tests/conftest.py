@@ -59,10 +59,6 @@ def config_id(c: Codec) -> str:
     return c.describe()
 
 
-def configs_except(*names: str) -> list[Codec]:
-    return [c for c in CONFIGS if c.name not in names]
-
-
 def random_update(rng: np.random.Generator, spec: ModelSpec = SPEC, scale: float = 1.0):
     """A Gaussian update shaped as `spec` (dtypes of the spec)."""
     return [(scale * rng.standard_normal(t.shape)).astype(t.dtype) for t in spec.tensors]
@@ -92,6 +88,11 @@ def shared_states_equal(enc, dec) -> bool:
     return all(np.array_equal(e[k], d[k]) and e[k].dtype == d[k].dtype for k in keys)
 
 
+def copied_state(state: dict) -> dict:
+    """A state dict as it comes back from storage: fresh arrays and plain ints."""
+    return {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else int(v) for k, v in state.items()}
+
+
 def forge(payload: bytes, body: bytes, **header) -> bytes:
     """`payload`'s header (fields overridden by `header`) around `body`, with a correct CRC.
 
@@ -99,8 +100,12 @@ def forge(payload: bytes, body: bytes, **header) -> bytes:
     """
     magic, version, codec_id, flags, fingerprint, count = struct.unpack_from("<2sBBBII", payload)
     fields = dict(
-        magic=magic, version=version, codec_id=codec_id, flags=flags,
-        fingerprint=fingerprint, count=count,
+        magic=magic,
+        version=version,
+        codec_id=codec_id,
+        flags=flags,
+        fingerprint=fingerprint,
+        count=count,
     )
     fields.update(header)
     head = struct.pack("<2sBBBII", *fields.values())

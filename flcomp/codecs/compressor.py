@@ -50,6 +50,10 @@ class RoundContext:
     model_change_sq: tuple[float, ...] = ()
     """‖w(t+1−d) − w(t−d)‖² for d = 1, 2, ..., newest first."""
 
+    def __post_init__(self) -> None:
+        if self.num_clients < 1 or not self.lr >= 0 or any(not c >= 0 for c in self.model_change_sq):
+            raise ValueError("RoundContext needs num_clients ≥ 1, lr ≥ 0 and non-negative model changes")
+
 
 @dataclass
 class Step:
@@ -99,7 +103,8 @@ class Compressor(ABC):
         """Write the body for flat float32 tensors `x`; return the decoded update and new state.
 
         Must not modify `x`, `shared` or `local` in place: the endpoint keeps them
-        until the step is committed or rolled back.
+        until the step is committed or rolled back. `x` may alias the caller's
+        arrays, so state that keeps it keeps a copy.
         """
 
     @abstractmethod
@@ -107,7 +112,8 @@ class Compressor(ABC):
         """Read a body; return the flat float32 update and the new shared state.
 
         Must validate every count against the spec before using it (raising
-        PayloadError) and must not modify `shared` in place.
+        PayloadError) and must not modify `shared` in place. The update is the
+        caller's to modify: it must share no memory with the new state.
         """
 
 

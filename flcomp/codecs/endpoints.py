@@ -37,7 +37,7 @@ INITIAL_FINGERPRINT = 0
 
 def max_payload_bytes(spec: ModelSpec) -> int:
     """An upper bound on any codec's payload for `spec`: 8 bytes an entry, 1 KiB a tensor."""
-    return HEADER_BYTES + 8 * spec.size + 1024 * len(spec)
+    return HEADER_BYTES + 64 + 8 * spec.size + 1024 * len(spec)
 
 
 def next_fingerprint(fingerprint: int, crc: int) -> int:
@@ -105,6 +105,11 @@ class Encoder:
         out = PayloadWriter()
         rng = np.random.default_rng((self.seed, self.steps))
         step: Step = self.compressor.encode(x, shared, self.local, out, rng, ctx)
+        if not all(np.isfinite(d).all() for d in step.decoded):
+            raise ValueError(
+                f"{self.compressor.name} cannot represent this update in float32 "
+                "(its reconstruction overflows); scale the update down"
+            )
         header = Header(self.compressor.codec_id, key_frame, base_fingerprint, len(x))
         payload, crc = pack(header, out.chunks)
         self._pending = _Pending(step.shared, step.local, next_fingerprint(base_fingerprint, crc))
@@ -151,6 +156,7 @@ class Encoder:
     def state_dict(self) -> dict[str, np.ndarray | int]:
         """Everything needed to resume, pending step included: arrays and ints only."""
         d: dict[str, np.ndarray | int] = {
+            "seed": self.seed,
             "fingerprint": self.fingerprint,
             "steps": self.steps,
             "key_frame_requested": int(self.key_frame_requested),
@@ -175,6 +181,7 @@ class Encoder:
                 _unprefixed(d, "pending/local/", local0),
                 _uint32(d, "pending/fingerprint"),
             )
+        self.seed = _count(d, "seed")
         self.fingerprint = _uint32(d, "fingerprint")
         self.steps = _count(d, "steps")
         self.key_frame_requested = bool(_count(d, "key_frame_requested"))

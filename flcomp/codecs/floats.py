@@ -58,8 +58,9 @@ class Float16(TensorCompressor):
 class BFloat16(TensorCompressor):
     """bfloat16: float32's exponent, 8 bits of mantissa (16 bits/entry).
 
-    Round to nearest even; relative error ≤ 2⁻⁸. Entries that would round past
-    float32's largest finite value saturate there.
+    Round to nearest even; relative error ≤ 2⁻⁸ for normal float32 entries, absolute
+    error ≤ 2⁻¹³⁴ for subnormal ones. Entries that would round past float32's
+    largest finite value saturate there.
     """
 
     name = "bf16"

@@ -31,7 +31,8 @@ from flcomp.codecs.wire import PayloadReader, PayloadWriter
 @dataclass(frozen=True)
 class LAGConfig:
     xi: float = 1.0
-    """ξ, the trigger's weight. Larger: more skipped rounds, staler updates."""
+    """ξ, the trigger's weight. Larger: more skipped rounds, staler updates. The
+    relative rule needs ξ < 1 (try 0.1)."""
     memory: int = 10
     """D, how many past model changes LAG-WK's threshold sums (the paper's D = 10)."""
     rule: Literal["lag-wk", "relative"] = "lag-wk"
@@ -41,6 +42,8 @@ class LAGConfig:
     def __post_init__(self) -> None:
         if self.xi < 0 or self.memory < 1:
             raise ValueError("LAG needs xi ≥ 0 and memory ≥ 1")
+        if self.rule == "relative" and self.xi >= 1:
+            raise ValueError("the relative rule needs xi < 1 (e.g. 0.1): with xi ≥ 1 it skips every round")
 
 
 @register
@@ -59,6 +62,8 @@ class LAG(Compressor):
         c = self.config
         if c.rule == "relative":
             return c.xi * g_sq
+        if ctx.lr == 0:  # the model does not move: LAG-WK's bound says nothing, so send
+            return 0.0
         changes = ctx.model_change_sq[: c.memory]
         return (c.xi / c.memory) * float(sum(changes)) / (ctx.lr * ctx.num_clients) ** 2
 
@@ -72,15 +77,16 @@ class LAG(Compressor):
         ctx: RoundContext,
     ) -> Step:
         last = [shared[f"last/{i}"] for i in range(len(x))]
-        diff_sq = sum(float(np.dot(xi - li, xi - li)) for xi, li in zip(x, last))
-        g_sq = sum(float(np.dot(xi, xi)) for xi in x)
+        diff_sq = sum(_squared_norm(xi - li) for xi, li in zip(x, last))
+        g_sq = sum(_squared_norm(xi) for xi in x)
         if diff_sq <= self.threshold(g_sq, ctx):
             out.struct("B", 0)
             return Step([li.copy() for li in last], shared)
         out.struct("B", 1)
         for xi in x:
             out.array(xi)
-        return Step(x, {f"last/{i}": xi for i, xi in enumerate(x)})
+        # x may alias the caller's arrays: the state keeps its own copy.
+        return Step(x, {f"last/{i}": xi.copy() for i, xi in enumerate(x)})
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         (sent,) = body.struct("B")
@@ -89,4 +95,9 @@ class LAG(Compressor):
         if not sent:
             return [shared[f"last/{i}"].copy() for i in range(len(self.spec))], shared
         x = [body.array(np.float32, t.size, limit=t.size).copy() for t in self.spec.tensors]
-        return x, {f"last/{i}": xi for i, xi in enumerate(x)}
+        return x, {f"last/{i}": xi.copy() for i, xi in enumerate(x)}
+
+
+def _squared_norm(x: np.ndarray) -> float:
+    """‖x‖² accumulated in float64, so that huge float32 entries do not overflow."""
+    return float(np.einsum("i,i->", x, x, dtype=np.float64))

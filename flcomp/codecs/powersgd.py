@@ -61,7 +61,7 @@ class PowerSGD(Compressor):
         """Whether tensor `t` is sent as P, Q rather than whole."""
         n, m = matrix_shape(t)
         r = self.config.rank
-        return len(t.shape) >= 2 and n * m >= self.config.min_compression_rate * (n + m) * r
+        return len(t.shape) >= 2 and r < min(n, m) and n * m >= self.config.min_compression_rate * (n + m) * r
 
     def initial_local(self) -> State:
         rng = np.random.default_rng(0)
@@ -93,7 +93,9 @@ class PowerSGD(Compressor):
             out.array(p)
             out.array(q)
             decoded.append((p @ q.T).reshape(-1))
-            new_local[f"q/{i}"] = q
+            # Only Q's column space matters to the next power step; keeping it
+            # orthonormal, not as large as M, keeps M·Q from overflowing.
+            new_local[f"q/{i}"] = np.linalg.qr(q)[0].astype(np.float32)
         return Step(decoded, shared, new_local)
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:

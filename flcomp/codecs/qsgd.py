@@ -72,7 +72,7 @@ class QSGD(TensorCompressor):
         s = self.config.levels
         norms = self._bucket_norms(x)
         y = np.abs(x)
-        self._scale_buckets(y, np.float32(s * _DITHER) / np.where(norms > 0, norms, np.float32(1)))
+        self._scale_buckets(y, _level_scale(s * _DITHER, norms))
         y += rng.bit_generator.random_raw(-(-x.size // 4)).view(np.uint16)[: x.size]
         y += np.float32(0.5)
         y *= np.float32(1 / _DITHER)
@@ -104,11 +104,19 @@ class QSGD(TensorCompressor):
         return self._reconstruct(norms, levels)
 
     def _bucket_norms(self, x: np.ndarray) -> np.ndarray:
+        """‖v‖₂ of every bucket in float32; ValueError if one is past float32's range."""
         b, full = self.config.bucket_size, x.size // self.config.bucket_size * self.config.bucket_size
         main = x[:full].reshape(-1, b)
         norms = np.sqrt(np.einsum("ij,ij->i", main, main))
         if full < x.size:
             norms = np.append(norms, np.float32(np.linalg.norm(x[full:])))
+        overflow = np.flatnonzero(~np.isfinite(norms))
+        if len(overflow):
+            # Squares of entries past ~1e19 overflow float32: redo those buckets in float64.
+            for i in overflow:
+                norms[i] = np.linalg.norm(x[i * b : (i + 1) * b].astype(np.float64))
+            if not np.isfinite(norms).all():
+                raise ValueError("a bucket's norm exceeds float32's range: QSGD cannot scale it")
         return norms.astype(np.float32, copy=False)
 
     def _scale_buckets(self, y: np.ndarray, factor: np.ndarray) -> None:
@@ -123,6 +131,17 @@ class QSGD(TensorCompressor):
         out = levels.astype(np.float32)
         self._scale_buckets(out, norms / np.float32(self.config.levels))
         return out
+
+
+def _level_scale(top: float, norms: np.ndarray) -> np.ndarray:
+    """top/‖v‖ per bucket in float32: 0 for a zero bucket, float32's largest for a tiny one.
+
+    A bucket whose norm is below ~1e-32 would overflow the factor; capped, its
+    entries round toward zero (they are below float32's precision of anything else).
+    """
+    with np.errstate(divide="ignore", over="ignore"):
+        factor = np.where(norms > 0, top / norms.astype(np.float64), 0.0)
+    return np.minimum(factor, np.finfo(np.float32).max).astype(np.float32)
 
 
 def group_size(largest: int) -> int:

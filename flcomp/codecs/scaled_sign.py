@@ -29,7 +29,10 @@ class ScaledSign(TensorCompressor):
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
     ) -> np.ndarray:
-        alpha = np.float32(np.abs(x).sum() / x.size) if x.size else np.float32(0)
+        total = np.abs(x).sum()
+        if not np.isfinite(total):  # a float32 sum of huge entries overflows; their mean does not
+            total = np.abs(x).sum(dtype=np.float64)
+        alpha = np.float32(total / x.size) if x.size else np.float32(0)
         negative = np.packbits(x < 0)
         out.struct("f", alpha)
         out.array(negative)

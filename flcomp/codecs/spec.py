@@ -78,5 +78,15 @@ class ModelSpec:
         return flat
 
     def restore(self, flat: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Flat float32 arrays back to the spec's shapes and dtypes."""
-        return [x.reshape(t.shape).astype(t.dtype, copy=False) for x, t in zip(flat, self.tensors)]
+        """Flat float32 arrays back to the spec's shapes and dtypes.
+
+        Into a narrower dtype (float16) values saturate at its largest finite value
+        rather than become infinite.
+        """
+        out = []
+        for x, t in zip(flat, self.tensors):
+            if t.dtype.itemsize < 4:
+                limit = float(np.finfo(t.dtype).max)
+                x = np.clip(x, -limit, limit)
+            out.append(x.reshape(t.shape).astype(t.dtype, copy=False))
+        return out

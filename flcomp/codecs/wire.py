@@ -67,7 +67,10 @@ def unpack(payload: bytes, codec_id: int, tensor_count: int) -> tuple[Header, Pa
     """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
-    view = memoryview(payload).cast("B")
+    try:
+        view = memoryview(payload).cast("B")
+    except TypeError as e:
+        raise PayloadError(f"payload must be contiguous bytes: {e}") from e
     if len(view) < HEADER_BYTES:
         raise PayloadError(f"payload of {len(view)} bytes is shorter than the header")
     magic, version, cid, flags, fingerprint, count = _HEAD.unpack_from(view)
