@@ -70,9 +70,12 @@ class BFloat16(TensorCompressor):
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
     ) -> np.ndarray:
-        bits = x.view(np.uint32).astype(np.uint64)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        top = rounded.astype(np.uint16)
+        bits = x.view(np.uint32)
+        # Round to nearest even on the 16 bits dropped; finite inputs cannot carry past 32 bits.
+        rounded = (bits >> 16) & 1
+        rounded += bits
+        rounded += 0x7FFF
+        top = (rounded >> 16).astype(np.uint16)
         overflow = (top & 0x7F80) == 0x7F80
         top[overflow] = (top[overflow] & 0x8000) | 0x7F7F
         out.array(top)
