@@ -1,0 +1,71 @@
+"""The client mod: compress whatever a ClientApp's train function uploads.
+
+    app = ClientApp(mods=[compression_mod])      # nothing else changes in the app
+
+On a train instruction from a `Compressed` strategy, the mod settles its encoder's
+pending step against the server's decoder fingerprint, lets the app train, encodes
+Δ = w_global − w_local of the floating-point arrays and replaces the reply's
+ArrayRecord with the payload (integer arrays travel as they are). The encoder's
+state stays in `context.state` between rounds. Instructions without an flcomp
+codec (e.g. evaluation, or a plain strategy) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
+from flwr.clientapp.typing import ClientAppCallable
+
+from flcomp.clients import records
+from flcomp.codecs import Codec, RoundContext
+
+
+def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Encode the update of a train reply; see the module docstring."""
+    config = next((c for c in msg.content.config_records.values() if records.CODEC in c), None)
+    if msg.metadata.message_type != MessageType.TRAIN or config is None:
+        return call_next(msg, context)
+
+    codec = Codec.parse(str(config[records.CODEC]))
+    _, global_record = records.the_record(msg.content.array_records.items())
+    keys = records.float_keys(global_record)
+    spec = records.spec_of(global_record)
+    seed = _encoder_seed(context, int(config.get(records.SEED, 0)))
+    encoder = records.load_encoder(context.state, codec, spec, seed)
+    encoder.sync(int(config[records.FINGERPRINT]))
+
+    reply = call_next(msg, context)
+    if reply.has_error():
+        records.save_encoder(context.state, codec, spec, encoder)
+        return reply
+
+    reply_key, local_record = records.the_record(reply.content.array_records.items())
+    update = [global_record[k].numpy() - local_record[k].numpy() for k in keys]
+    ctx = RoundContext(
+        num_clients=max(1, int(config.get(records.NUM_CLIENTS, 1))),
+        model_change_sq=tuple(float(c) for c in config.get(records.MODEL_CHANGE_SQ, [])),
+    )
+    start = time.perf_counter()
+    payload = encoder.encode(update, ctx)
+    seconds = time.perf_counter() - start
+    records.save_encoder(context.state, codec, spec, encoder)
+
+    uploaded = {k: a for k, a in local_record.items() if not records.is_float(a)}
+    uploaded[records.PAYLOAD] = records.payload_array(codec, payload)
+    reply.content[reply_key] = ArrayRecord(uploaded)
+    metrics = next(iter(reply.content.metric_records.values()), None)
+    if metrics is None:
+        metrics = reply.content["metrics"] = MetricRecord()
+    metrics[records.UPLINK_BYTES] = len(payload)
+    metrics[records.ENCODE_SECONDS] = seconds
+    return reply
+
+
+def _encoder_seed(context: Context, run_seed: int) -> int:
+    """A per-client seed that is the same in every run with the same run seed.
+
+    Simulation gives each node a `partition-id`; in deployment the node id is stable.
+    """
+    client = int(context.node_config.get("partition-id", context.node_id))
+    return (run_seed * 1_000_003 + client) % 2**63

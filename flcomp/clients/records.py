@@ -1,0 +1,103 @@
+"""How flcomp travels in Flower records: the keys both ends agree on, and codec state.
+
+The server's wrapper (`flcomp.strategies.Compressed`) adds to each train
+instruction's ConfigRecord the codec (as `Codec.describe()` text), the
+fingerprint of that client's decoder (so the client can settle its pending step
+with `Encoder.sync`), the number of clients in the round and the recent model
+changes (for event-triggered codecs). The client's mod answers with one Array of
+stype "flcomp/<codec>" holding the payload's bytes, beside any non-float arrays
+of the model (integer buffers travel as they are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from flcomp.codecs import Codec, Encoder, ModelSpec
+
+CODEC = "flcomp.codec"
+"""ConfigRecord key: the uplink codec, as text `Codec.parse` reads."""
+FINGERPRINT = "flcomp.fingerprint"
+"""ConfigRecord key: the server decoder's fingerprint for this client."""
+NUM_CLIENTS = "flcomp.num-clients"
+"""ConfigRecord key: how many clients the round instructs."""
+MODEL_CHANGE_SQ = "flcomp.model-change-sq"
+"""ConfigRecord key: ‖w(t+1−d) − w(t−d)‖², d = 1..10, newest first."""
+SEED = "flcomp.seed"
+"""ConfigRecord key: the run's seed, from which each client's encoder seed derives."""
+
+PAYLOAD = "flcomp.payload"
+"""ArrayRecord key of the payload in a reply."""
+STYPE_PREFIX = "flcomp/"
+
+UPLINK_BYTES = "flcomp.uplink-bytes"
+"""MetricRecord key: payload bytes (a client's reply; the round's sum on the server)."""
+ENCODE_SECONDS = "flcomp.encode-seconds"
+"""MetricRecord key: seconds spent encoding."""
+
+_STATE_ARRAYS = "flcomp.encoder.arrays"
+_STATE_META = "flcomp.encoder.meta"
+
+
+def is_float(array: Array) -> bool:
+    """Whether an Array holds floating-point entries (what the codecs compress)."""
+    return np.dtype(array.dtype).kind == "f"
+
+
+def float_keys(record: ArrayRecord) -> list[str]:
+    """Keys of the floating-point arrays, in record order."""
+    return [k for k, a in record.items() if is_float(a)]
+
+
+def spec_of(record: ArrayRecord) -> ModelSpec:
+    """The codec spec of a model record: its floating-point arrays."""
+    return ModelSpec.of([record[k].numpy() for k in float_keys(record)])
+
+
+def payload_array(codec: Codec, payload: bytes) -> Array:
+    """A payload as an Array that Flower forwards untouched."""
+    return Array(dtype="uint8", shape=(len(payload),), stype=STYPE_PREFIX + codec.name, data=payload)
+
+
+def the_record(records: Iterable[tuple[str, ArrayRecord]]) -> tuple[str, ArrayRecord]:
+    """The one (key, ArrayRecord) of a message; ValueError if there is not exactly one."""
+    items = list(records)
+    if len(items) != 1:
+        raise ValueError(f"expected one ArrayRecord in the message, found {len(items)}")
+    return items[0]
+
+
+def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) -> Encoder:
+    """The encoder kept in a client's `context.state`, or a fresh one.
+
+    A fresh encoder (in the initial state) replaces a stored one made for another
+    codec, spec or seed; its first payload then mismatches the server's decoder
+    fingerprint, and `Encoder.sync` turns it into a key frame.
+    """
+    encoder = codec.encoder(spec, seed=seed)
+    meta = state.config_records.get(_STATE_META)
+    if meta is None or meta.get("codec") != codec.describe() or meta.get("spec") != repr(spec):
+        return encoder
+    arrays = state.array_records.get(_STATE_ARRAYS, ArrayRecord())
+    stored = {k: a.numpy() for k, a in arrays.items()}
+    stored.update({k: int(v) for k, v in meta.items() if k not in ("codec", "spec")})
+    try:
+        encoder.load_state_dict(stored)
+    except ValueError:
+        return codec.encoder(spec, seed=seed)
+    return encoder
+
+
+def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Encoder) -> None:
+    """Store an encoder's state (pending step included) in a client's `context.state`."""
+    arrays, meta = {}, {"codec": codec.describe(), "spec": repr(spec)}
+    for k, v in encoder.state_dict().items():
+        if isinstance(v, np.ndarray):
+            arrays[k] = Array(v)
+        else:
+            meta[k] = int(v)
+    state[_STATE_ARRAYS] = ArrayRecord(arrays)
+    state[_STATE_META] = ConfigRecord(meta)

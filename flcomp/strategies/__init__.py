@@ -1,0 +1,5 @@
+"""flcomp.strategies: the Flower ServerApp side (a wrapper around any strategy)."""
+
+from flcomp.strategies.compressed import Compressed, RoundTraffic
+
+__all__ = ["Compressed", "RoundTraffic"]

@@ -1,0 +1,194 @@
+"""`Compressed`: any Flower strategy, fed by compressed uploads.
+
+    strategy = Compressed(FedAvg(...), codec="topk:ratio=0.01")
+    strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)
+
+Each train instruction carries the codec, the fingerprint of that client's decoder
+(so the client settles its pending step: delivered payloads are committed on both
+ends, lost ones rolled back), the round's client count and the recent model
+changes. Each reply's payload is decoded by that client's decoder (one per node,
+`DecoderPool.decode_round`), committed, and handed to the inner strategy as the
+plain arrays w_global − Δ̂, so FedAvg, FedAdam, FedProx, ... aggregate as usual.
+A client whose reply is an error, lacks a payload or holds a malformed one is
+dropped from the round with a logged reason.
+
+Byte counts are the payloads' real lengths, summed over the round (not averaged
+like the inner strategy's metrics): `flcomp.uplink-bytes`, and
+`flcomp.downlink-bytes` for the model arrays sent (their serialized Array bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from flcomp.clients import records
+from flcomp.codecs import Codec, DecoderPool, ModelSpec
+
+log = logging.getLogger(__name__)
+
+_MODEL_CHANGES_KEPT = 10
+
+
+@dataclass
+class RoundTraffic:
+    """What crossed the links in one training round (bytes are real payload lengths)."""
+
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    accepted: int = 0
+    dropped: dict[int, str] = field(default_factory=dict)
+    """node id → why its update was not aggregated."""
+
+
+class Compressed(Strategy):
+    """Wrap `strategy` so that clients upload codec payloads; see the module docstring.
+
+    `codec` is a `Codec` or its text ("topk:ratio=0.01"); `seed` seeds the clients'
+    encoders (stochastic codecs), so two runs with the same seed send the same bytes.
+    """
+
+    def __init__(self, strategy: Strategy, codec: Codec | str = "fp32", seed: int = 0) -> None:
+        self.strategy = strategy
+        self.codec = codec if isinstance(codec, Codec) else Codec.parse(codec)
+        self.seed = seed
+        self.pool: DecoderPool | None = None
+        self._spec: ModelSpec | None = None
+        self.traffic: dict[int, RoundTraffic] = {}
+        """Per training round."""
+        self._global: ArrayRecord | None = None
+        self._model_changes: deque[float] = deque(maxlen=_MODEL_CHANGES_KEPT)
+
+    def summary(self) -> None:
+        log.info("Compressed uplink: %s", self.codec.describe())
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._track_model(arrays)
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        traffic = self.traffic[server_round] = RoundTraffic()
+        out = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            content = RecordDict()
+            for key, record in m.content.items():
+                if isinstance(record, ConfigRecord):
+                    record = ConfigRecord(dict(record) | self._instructions(node, len(messages)))
+                elif isinstance(record, ArrayRecord):
+                    traffic.downlink_bytes += sum(len(a.data) for a in record.values())
+                content[key] = record
+            out.append(Message(content=content, message_type=m.metadata.message_type, dst_node_id=node))
+        return out
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        traffic = self.traffic.setdefault(server_round, RoundTraffic())
+        payloads, by_node = {}, {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            try:
+                payloads[str(node)] = self._payload(reply)
+                by_node[str(node)] = reply
+            except ValueError as e:
+                traffic.dropped[node] = str(e)
+        traffic.uplink_bytes = sum(len(p) for p in payloads.values())
+
+        decoded = self.pool.decode_round(payloads)
+        accepted = []
+        for node, reply in by_node.items():
+            if node in decoded.errors:
+                traffic.dropped[int(node)] = f"malformed payload: {decoded.errors[node]}"
+                continue
+            self.pool.commit(node)
+            self._replace_with_model(reply, decoded.updates[node])
+            accepted.append(reply)
+        traffic.accepted = len(accepted)
+        for node, reason in traffic.dropped.items():
+            log.warning("round %d: client %d dropped: %s", server_round, node, reason)
+
+        arrays, metrics = self.strategy.aggregate_train(server_round, accepted) if accepted else (None, None)
+        return arrays, self._round_metrics(metrics, traffic, accepted)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def _track_model(self, arrays: ArrayRecord) -> None:
+        """Remember the global model; note its change since the last round; build the decoders."""
+        spec = records.spec_of(arrays)
+        if self.pool is None or spec != self._spec:
+            if self.pool is not None:
+                log.warning("the model's float arrays changed shape or dtype: codec states restart")
+            self.pool, self._spec = self.codec.decoder_pool(spec), spec
+        if self._global is not None:
+            change = sum(
+                float(np.sum((arrays[k].numpy().astype(np.float64) - self._global[k].numpy()) ** 2))
+                for k in records.float_keys(arrays)
+            )
+            self._model_changes.appendleft(change)
+        self._global = arrays
+
+    def _instructions(self, node: int, num_clients: int) -> dict:
+        return {
+            records.CODEC: self.codec.describe(),
+            records.FINGERPRINT: self.pool.fingerprint(str(node)),
+            records.NUM_CLIENTS: num_clients,
+            records.MODEL_CHANGE_SQ: list(self._model_changes),
+            records.SEED: self.seed,
+        }
+
+    def _payload(self, reply: Message) -> bytes:
+        """The payload bytes of a reply; ValueError saying why there is none."""
+        if reply.has_error():
+            raise ValueError(f"client error: {reply.error.reason}")
+        _, record = records.the_record(reply.content.array_records.items())
+        array = record.get(records.PAYLOAD)
+        if array is None or array.stype != records.STYPE_PREFIX + self.codec.name:
+            raise ValueError("no flcomp payload in the reply (is compression_mod on the ClientApp?)")
+        missing = [k for k, a in self._global.items() if not records.is_float(a) and k not in record]
+        if missing:
+            raise ValueError(f"reply lacks the non-float arrays {missing}")
+        return array.data
+
+    def _replace_with_model(self, reply: Message, update: list[np.ndarray]) -> None:
+        """Turn a reply's payload into the arrays w_global − Δ̂ the inner strategy expects."""
+        key, record = records.the_record(reply.content.array_records.items())
+        keys = records.float_keys(self._global)
+        local = dict(zip(keys, update))
+        arrays = {}
+        for k, a in self._global.items():
+            if k in local:
+                w = a.numpy()
+                arrays[k] = (w - local[k]).astype(w.dtype, copy=False)
+            else:
+                arrays[k] = record[k].numpy()
+        reply.content[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+    def _round_metrics(
+        self, inner: MetricRecord | None, traffic: RoundTraffic, accepted: list[Message]
+    ) -> MetricRecord:
+        metrics = MetricRecord(dict(inner) if inner else {})
+        metrics[records.UPLINK_BYTES] = traffic.uplink_bytes
+        metrics["flcomp.downlink-bytes"] = traffic.downlink_bytes
+        metrics[records.ENCODE_SECONDS] = sum(
+            float(m.get(records.ENCODE_SECONDS, 0.0))
+            for r in accepted
+            for m in r.content.metric_records.values()
+        )
+        metrics["flcomp.clients-accepted"] = traffic.accepted
+        metrics["flcomp.clients-dropped"] = len(traffic.dropped)
+        return metrics
