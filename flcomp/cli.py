@@ -1,62 +1,124 @@
 """The `flcomp` command line.
 
-    flcomp codecs [--entries N] [--rounds T] [CODEC ...]
+    flcomp compare [CODEC ...] [task and run options]   several codecs, same seed/data/partition; one table
+    flcomp run --codec CODEC [task and run options]     one simulated run
+    flcomp plot RUN_DIR [RUN_DIR ...] -o plot.png       accuracy (or gap) vs uplink bits and vs rounds
+    flcomp codecs [CODEC ...]                           every codec on an embedded update stream
 
-compresses an embedded update stream with every registered codec (or the given
-codec strings, e.g. "topk:ratio=0.001") and prints bits per entry, measured from
-the payloads' real bytes, and the reconstruction error.
+Codecs are written as `flcomp.codecs.Codec.parse` reads them, e.g. "topk:ratio=0.001".
+Runs use Flower's simulation engine on Ray; each writes config.json, rounds.csv and
+summary.json under --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+import typing
+from pathlib import Path
 
-import numpy as np
-
-from flcomp.codecs import Codec, ModelSpec, available, codec
-
-
-def update_stream(entries: int, rounds: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """T correlated updates of a two-tensor model (a matrix and a bias).
-
-    Each update is 0.8 × the previous one plus fresh noise with heavy tails, a
-    stand-in for successive gradients (temporally correlated, a few large entries).
-    """
-    rng = np.random.default_rng(seed)
-    rows = max(1, int(np.sqrt(entries)))
-    shapes = [(rows, entries // rows), (rows,)]
-    prev = [np.zeros(s, np.float32) for s in shapes]
-    stream = []
-    for _ in range(rounds):
-        prev = [0.8 * p + rng.standard_t(4, size=p.shape).astype(np.float32) for p in prev]
-        stream.append(prev)
-    return stream
+DEFAULT_CODECS = ["fp32", "fp16", "qsgd", "topk", "scaled_sign", "powersgd"]
 
 
-def measure(c: Codec, stream: list[list[np.ndarray]]) -> dict[str, float]:
-    """Bits per entry, last-round relative error and the error of the running sum."""
-    spec = ModelSpec.of(stream[0])
-    enc, dec = c.encoder(spec, seed=0), c.decoder(spec)
-    bits, sent_sum, true_sum, last_err = 0, None, None, 0.0
-    for update in stream:
-        payload = enc.encode(update)
-        decoded = dec.decode(payload)
-        dec.commit()
-        enc.sync(dec.fingerprint)
-        bits += 8 * len(payload)
-        flat_u = np.concatenate([u.ravel() for u in update]).astype(np.float64)
-        flat_d = np.concatenate([d.ravel() for d in decoded]).astype(np.float64)
-        last_err = float(np.linalg.norm(flat_d - flat_u) / np.linalg.norm(flat_u))
-        sent_sum = flat_d if sent_sum is None else sent_sum + flat_d
-        true_sum = flat_u if true_sum is None else true_sum + flat_u
-    return {
-        "bits/entry": bits / (spec.size * len(stream)),
-        "error": last_err,
-        "sum error": float(np.linalg.norm(sent_sum - true_sum) / np.linalg.norm(true_sum)),
-    }
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options for the task (every TaskConfig field) and the run."""
+    from flcomp.sim import STRATEGIES, RunConfig
+    from flcomp.tasks import TaskConfig
+
+    task = parser.add_argument_group("task")
+    hints = typing.get_type_hints(TaskConfig)
+    for f in dataclasses.fields(TaskConfig):
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        task.add_argument(
+            "--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"default {f.default}"
+        )
+    run = parser.add_argument_group("run")
+    defaults = RunConfig()
+    run.add_argument("--strategy", choices=sorted(STRATEGIES), default=defaults.strategy)
+    run.add_argument("--rounds", type=int, default=defaults.rounds, help=f"default {defaults.rounds}")
+    run.add_argument("--fraction", type=float, default=defaults.fraction, help="clients per round (fraction)")
+    run.add_argument("--run-seed", type=int, default=defaults.seed, help="seeds sampling and encoders")
+    run.add_argument("--client-cpus", type=float, default=defaults.client_cpus, help="Ray CPUs per client")
+    run.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 127.0.0.1:6379)")
+    run.add_argument("--out", type=Path, default=None, help="results directory (default under results/)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_config(args: argparse.Namespace, codec: str):
+    from flcomp.sim import RunConfig
+    from flcomp.tasks import TaskConfig
+
+    task = TaskConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TaskConfig)})
+    return RunConfig(
+        task=task,
+        codec=codec,
+        strategy=args.strategy,
+        rounds=args.rounds,
+        fraction=args.fraction,
+        seed=args.run_seed,
+        client_cpus=args.client_cpus,
+        ray_address=args.ray_address,
+    )
+
+
+def slug(text: str) -> str:
+    """A directory name for a codec string."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from flcomp.codecs import Codec
+    from flcomp.sim import run
+
+    codec = Codec.parse(args.codec).describe()
+    out = args.out or Path("results") / "run" / slug(codec)
+    summary = run(run_config(args, codec), out, progress=not args.quiet)
+    print(f"{codec}: {summary}\nresults in {out}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from flcomp.codecs import Codec
+    from flcomp.sim import plot_runs, run
+
+    codecs = [Codec.parse(c).describe() for c in (args.codec or DEFAULT_CODECS)]
+    out = args.out or Path("results") / "compare"
+    summaries, directories = {}, []
+    for i, codec in enumerate(codecs):
+        directory = out / f"{i:02d}-{slug(codec)}"
+        summaries[codec] = run(run_config(args, codec), directory, progress=not args.quiet)
+        directories.append(directory)
+    table = comparison_table(summaries)
+    (out / "comparison.md").write_text(table + "\n")
+    plot = plot_runs(directories, out / "comparison.png")
+    print()
+    print(table)
+    print(f"\nresults in {out}; plot {plot}")
+
+
+def comparison_table(summaries: dict[str, dict]) -> str:
+    """Markdown: codec, final accuracy (or gap), uplink MB, reduction vs fp32, rounds."""
+    baseline = summaries.get("fp32", {}).get("uplink_bytes")
+    use_gap = all(s.get("final_accuracy") is None for s in summaries.values())
+    score = "final gap" if use_gap else "final accuracy"
+    lines = [f"| codec | {score} | uplink MB | reduction vs fp32 | rounds |", "|---|---:|---:|---:|---:|"]
+    for codec, s in summaries.items():
+        value = f"{s['final_gap']:.3e}" if use_gap else f"{s['final_accuracy']:.4f}"
+        reduction = f"{baseline / s['uplink_bytes']:.1f}x" if baseline and s["uplink_bytes"] else "n/a"
+        lines.append(f"| {codec} | {value} | {s['uplink_bytes'] / 1e6:.3f} | {reduction} | {s['rounds']} |")
+    return "\n".join(lines)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from flcomp.sim import plot_runs
+
+    print(plot_runs(args.runs, args.output))
 
 
 def cmd_codecs(args: argparse.Namespace) -> None:
+    from flcomp.codecs import Codec, available, codec
+    from flcomp.codecs.survey import measure, update_stream
+
     codecs = [Codec.parse(s) for s in args.codec] or [codec(n) for n in available()]
     stream = update_stream(args.entries, args.rounds)
     print(
@@ -76,18 +138,35 @@ def cmd_codecs(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="flcomp", description="Communication-efficient federated learning on Flower."
+        prog="flcomp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("codecs", help="compare every codec on an embedded update stream")
+
+    p = sub.add_parser("compare", help="several codecs on the same task and seed; one table")
+    p.add_argument("codec", nargs="*", help=f"codec strings (default: {' '.join(DEFAULT_CODECS)})")
+    add_run_options(p)
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("run", help="one simulated run")
+    p.add_argument("--codec", default="fp32", help='codec string, e.g. "topk:ratio=0.01"')
+    add_run_options(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("plot", help="plot results directories side by side")
+    p.add_argument("runs", nargs="+", type=Path, help="results directories")
+    p.add_argument("-o", "--output", type=Path, default=Path("plot.png"))
+    p.set_defaults(handler=cmd_plot)
+
+    p = sub.add_parser("codecs", help="every codec on an embedded update stream (no simulation)")
     p.add_argument(
         "codec", nargs="*", default=[], help='codec strings, e.g. "topk:ratio=0.001" (default: all)'
     )
     p.add_argument("--entries", type=int, default=1_000_000, help="entries per update (default 1,000,000)")
     p.add_argument("--rounds", type=int, default=10, help="updates in the stream (default 10)")
-    p.set_defaults(run=cmd_codecs)
+    p.set_defaults(handler=cmd_codecs)
+
     args = parser.parse_args(argv)
-    args.run(args)
+    args.handler(args)
 
 
 if __name__ == "__main__":

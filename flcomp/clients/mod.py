@@ -31,7 +31,8 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     _, global_record = records.the_record(msg.content.array_records.items())
     keys = records.float_keys(global_record)
     spec = records.spec_of(global_record)
-    seed = _encoder_seed(context, int(config.get(records.SEED, 0)))
+    client = _client_id(context)
+    seed = (int(config.get(records.SEED, 0)) * 1_000_003 + client) % 2**63
     encoder = records.load_encoder(context.state, codec, spec, seed)
     encoder.sync(int(config[records.FINGERPRINT]))
 
@@ -57,15 +58,13 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     metrics = next(iter(reply.content.metric_records.values()), None)
     if metrics is None:
         metrics = reply.content["metrics"] = MetricRecord()
+    metrics[records.CLIENT] = client
     metrics[records.UPLINK_BYTES] = len(payload)
     metrics[records.ENCODE_SECONDS] = seconds
     return reply
 
 
-def _encoder_seed(context: Context, run_seed: int) -> int:
-    """A per-client seed that is the same in every run with the same run seed.
-
-    Simulation gives each node a `partition-id`; in deployment the node id is stable.
-    """
-    client = int(context.node_config.get("partition-id", context.node_id))
-    return (run_seed * 1_000_003 + client) % 2**63
+def _client_id(context: Context) -> int:
+    """An id that is the same in every run: the `partition-id` that simulation (and a
+    well-configured SuperNode) sets, else the node id. Encoder seeds derive from it."""
+    return int(context.node_config.get("partition-id", context.node_id))

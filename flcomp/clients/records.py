@@ -37,6 +37,9 @@ UPLINK_BYTES = "flcomp.uplink-bytes"
 """MetricRecord key: payload bytes (a client's reply; the round's sum on the server)."""
 ENCODE_SECONDS = "flcomp.encode-seconds"
 """MetricRecord key: seconds spent encoding."""
+CLIENT = "flcomp.client"
+"""MetricRecord key: the client's stable id (partition-id, else node id); the server
+aggregates in this order, so float sums do not depend on arrival order."""
 
 _STATE_ARRAYS = "flcomp.encoder.arrays"
 _STATE_META = "flcomp.encoder.meta"

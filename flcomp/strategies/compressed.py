@@ -46,6 +46,8 @@ class RoundTraffic:
     accepted: int = 0
     dropped: dict[int, str] = field(default_factory=dict)
     """node id → why its update was not aggregated."""
+    encode_seconds: float = 0.0
+    """Summed over the accepted clients, as they reported it."""
 
 
 class Compressed(Strategy):
@@ -86,7 +88,15 @@ class Compressed(Strategy):
                 elif isinstance(record, ArrayRecord):
                     traffic.downlink_bytes += sum(len(a.data) for a in record.values())
                 content[key] = record
-            out.append(Message(content=content, message_type=m.metadata.message_type, dst_node_id=node))
+            out.append(
+                Message(
+                    content=content,
+                    message_type=m.metadata.message_type,
+                    dst_node_id=node,
+                    ttl=m.metadata.ttl,
+                    group_id=m.metadata.group_id,
+                )
+            )
         return out
 
     def aggregate_train(
@@ -112,12 +122,18 @@ class Compressed(Strategy):
             self.pool.commit(node)
             self._replace_with_model(reply, decoded.updates[node])
             accepted.append(reply)
+        accepted.sort(key=_client_order)
         traffic.accepted = len(accepted)
+        traffic.encode_seconds = sum(
+            float(m.get(records.ENCODE_SECONDS, 0.0))
+            for r in accepted
+            for m in r.content.metric_records.values()
+        )
         for node, reason in traffic.dropped.items():
             log.warning("round %d: client %d dropped: %s", server_round, node, reason)
 
         arrays, metrics = self.strategy.aggregate_train(server_round, accepted) if accepted else (None, None)
-        return arrays, self._round_metrics(metrics, traffic, accepted)
+        return arrays, self._round_metrics(metrics, traffic)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -178,17 +194,17 @@ class Compressed(Strategy):
                 arrays[k] = record[k].numpy()
         reply.content[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
-    def _round_metrics(
-        self, inner: MetricRecord | None, traffic: RoundTraffic, accepted: list[Message]
-    ) -> MetricRecord:
+    def _round_metrics(self, inner: MetricRecord | None, traffic: RoundTraffic) -> MetricRecord:
         metrics = MetricRecord(dict(inner) if inner else {})
         metrics[records.UPLINK_BYTES] = traffic.uplink_bytes
         metrics["flcomp.downlink-bytes"] = traffic.downlink_bytes
-        metrics[records.ENCODE_SECONDS] = sum(
-            float(m.get(records.ENCODE_SECONDS, 0.0))
-            for r in accepted
-            for m in r.content.metric_records.values()
-        )
+        metrics[records.ENCODE_SECONDS] = traffic.encode_seconds
         metrics["flcomp.clients-accepted"] = traffic.accepted
         metrics["flcomp.clients-dropped"] = len(traffic.dropped)
         return metrics
+
+
+def _client_order(reply: Message) -> tuple[int, int]:
+    """Aggregation order: the client's stable id, so that sums are reproducible."""
+    ids = [m[records.CLIENT] for m in reply.content.metric_records.values() if records.CLIENT in m]
+    return (int(ids[0]) if ids else -1, reply.metadata.src_node_id)

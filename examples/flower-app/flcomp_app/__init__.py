@@ -1,0 +1,1 @@
+"""flcomp_app: a Flower app whose clients upload compressed model updates."""

@@ -1,0 +1,79 @@
+"""The Flower apps of a simulated run: a ClientApp that trains a task, a ServerApp that records it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from functools import cache
+
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from flcomp.clients import compression_mod
+from flcomp.sim.config import RunConfig
+from flcomp.sim.results import RunRecorder
+from flcomp.strategies import Compressed
+from flcomp.tasks import Task, TaskConfig
+
+
+@cache
+def load_task(config: TaskConfig) -> Task:
+    """One Task per process (each Ray actor loads its data once)."""
+    return Task(config)
+
+
+def client_app(config: TaskConfig) -> ClientApp:
+    """A ClientApp that trains `config`'s task on its partition, with `compression_mod`."""
+    app = ClientApp(mods=[compression_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        task = load_task(config)
+        record = msg.content["arrays"]
+        arrays, examples, metrics = task.train(
+            int(context.node_config["partition-id"]),
+            [record[k].numpy() for k in task.keys],
+            int(msg.content["config"]["server-round"]),
+        )
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(a) for k, a in zip(task.keys, arrays)}),
+                "metrics": MetricRecord({"num-examples": examples, **metrics}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def server_app(config: RunConfig, recorder: RunRecorder, on_round: Callable[[dict], None]) -> ServerApp:
+    """A ServerApp running `Compressed(inner strategy)`; after every round it evaluates the
+    global model centrally and hands the round's row to `recorder` and `on_round`."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        random.seed(config.seed)  # Flower samples clients with the global `random`
+        task = load_task(config.task)
+        strategy = Compressed(config.inner_strategy(), codec=config.codec, seed=config.seed)
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            metrics = task.evaluate([arrays[k].numpy() for k in task.keys])
+            traffic = strategy.traffic.get(server_round)
+            row = {"round": server_round, **metrics}
+            if traffic is not None:
+                row |= {
+                    "uplink_bytes": traffic.uplink_bytes,
+                    "downlink_bytes": traffic.downlink_bytes,
+                    "clients_accepted": traffic.accepted,
+                    "clients_dropped": len(traffic.dropped),
+                    "encode_seconds": round(traffic.encode_seconds, 6),
+                }
+            on_round(recorder.add_round(row))
+            return MetricRecord(metrics)
+
+        initial = ArrayRecord({k: Array(a) for k, a in zip(task.keys, task.initial_arrays())})
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=config.rounds, evaluate_fn=evaluate)
+
+    return app

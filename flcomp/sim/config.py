@@ -1,0 +1,86 @@
+"""What one simulated run is: the task, the codec, the strategy, the rounds, the seed."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from flcomp.tasks import TaskConfig
+
+
+def _fedavg(fraction: float, min_nodes: int) -> Strategy:
+    return FedAvg(
+        fraction_train=fraction,
+        fraction_evaluate=0.0,
+        min_train_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+    )
+
+
+def _fedadam(fraction: float, min_nodes: int) -> Strategy:
+    return FedAdam(
+        fraction_train=fraction,
+        fraction_evaluate=0.0,
+        min_train_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+    )
+
+
+def _fedprox(fraction: float, min_nodes: int) -> Strategy:
+    return FedProx(
+        fraction_train=fraction,
+        fraction_evaluate=0.0,
+        min_train_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+        proximal_mu=0.01,
+    )
+
+
+STRATEGIES: dict[str, Callable[[float, int], Strategy]] = {
+    "fedavg": _fedavg,
+    "fedadam": _fedadam,
+    "fedprox": _fedprox,
+}
+"""Inner strategies by name: (fraction of clients per round, minimum clients) → strategy."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One simulation run. Every field is written to the run's config.json."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    codec: str = "fp32"
+    """Uplink codec, as `flcomp.codecs.Codec.parse` reads it."""
+    strategy: str = "fedavg"
+    """Inner Flower strategy: one of STRATEGIES."""
+    rounds: int = 20
+    fraction: float = 1.0
+    """Fraction of the clients instructed each round. Below 1, which clients are drawn
+    depends on the node ids Flower's simulation assigns at random, so only runs with
+    fraction 1 are reproducible to the bit."""
+    seed: int = 0
+    """Seeds node sampling and the clients' encoders (the task has its own seed)."""
+    client_cpus: float = 1.0
+    """Ray CPUs per simulated client: 1 runs two clients at a time on a 2-core machine."""
+    ray_address: str | None = None
+    """Join this Ray cluster (e.g. "127.0.0.1:6379") instead of starting a local one."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")
+        if self.rounds < 1 or not 0 < self.fraction <= 1:
+            raise ValueError("a run needs rounds ≥ 1 and a fraction in (0, 1]")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        return cls(**{**d, "task": TaskConfig(**d["task"])})
+
+    def inner_strategy(self) -> Strategy:
+        num = self.task.num_clients
+        return STRATEGIES[self.strategy](self.fraction, max(1, int(num * self.fraction)))

@@ -1,0 +1,120 @@
+"""Simulated runs on Flower's simulation engine (Ray), end to end, and their results."""
+
+import csv
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from flcomp.cli import comparison_table, main
+from flcomp.sim import RunConfig, load_run, plot_runs, run
+from flcomp.tasks import TaskConfig
+
+TASK = TaskConfig(dataset="digits", model="logreg", num_clients=4, lr=0.1)
+VOLATILE = {"wall_seconds", "encode_seconds"}
+"""rounds.csv columns that measure time, so differ between identical runs."""
+
+
+def quick(codec: str, **kw) -> RunConfig:
+    return RunConfig(task=TASK, codec=codec, rounds=3, **kw)
+
+
+def stable_rows(directory) -> list[dict]:
+    with open(directory / "rounds.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in VOLATILE} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_three_codecs_end_to_end(tmp_path):
+    summaries = {c: run(quick(c), tmp_path / c, progress=False) for c in ("fp32", "topk", "qsgd")}
+    for codec, summary in summaries.items():
+        config, rounds, saved = load_run(tmp_path / codec)
+        assert config["codec"] == codec and saved == summary
+        assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+        assert all(r["clients_accepted"] == 4 for r in rounds[1:])
+        assert 0 <= summary["final_accuracy"] <= 1
+    assert summaries["fp32"]["final_accuracy"] > 0.5
+    assert (
+        summaries["topk"]["uplink_bytes"]
+        < summaries["qsgd"]["uplink_bytes"]
+        < summaries["fp32"]["uplink_bytes"]
+    )
+    table = comparison_table(summaries)
+    assert "| fp32 |" in table and "x |" in table
+    png = plot_runs([tmp_path / c for c in summaries], tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_same_seed_same_bits_and_accuracy(tmp_path):
+    config = quick("qsgd:levels=4", seed=5)
+    run(config, tmp_path / "a", progress=False)
+    run(config, tmp_path / "b", progress=False)
+    assert stable_rows(tmp_path / "a") == stable_rows(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_cli_compare_writes_the_table(tmp_path, capsys):
+    main(
+        [
+            "compare",
+            "fp32",
+            "scaled_sign",
+            "--dataset",
+            "digits",
+            "--model",
+            "logreg",
+            "--num-clients",
+            "3",
+            "--rounds",
+            "2",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "| scaled_sign:error_feedback=True |" in out
+    assert (tmp_path / "comparison.md").read_text().strip() in out
+    assert (tmp_path / "comparison.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not on PATH")
+def test_joins_an_existing_ray_cluster(tmp_path):
+    port = "26379"
+    subprocess.run(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        summary = run(quick("topk", ray_address=f"127.0.0.1:{port}"), tmp_path, progress=False)
+        assert summary["rounds"] == 3
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_run_config_round_trips_through_json():
+    config = quick("topk:ratio=0.1", fraction=0.5)
+    assert RunConfig.from_dict(json.loads(json.dumps(config.as_dict()))) == config
+
+
+def test_comparison_table_reports_reduction_against_fp32():
+    summaries = {
+        "fp32": {"final_accuracy": 0.9, "uplink_bytes": 4_000_000, "rounds": 10},
+        "topk": {"final_accuracy": 0.8, "uplink_bytes": 50_000, "rounds": 10},
+    }
+    table = comparison_table(summaries)
+    assert "| topk | 0.8000 | 0.050 | 80.0x | 10 |" in table
