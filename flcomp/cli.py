@@ -36,6 +36,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     defaults = RunConfig()
     run.add_argument("--strategy", choices=sorted(STRATEGIES), default=defaults.strategy)
+    run.add_argument("--downlink", default=None, help='downlink codec, e.g. "fp16" (default: none)')
     run.add_argument("--rounds", type=int, default=defaults.rounds, help=f"default {defaults.rounds}")
     run.add_argument("--fraction", type=float, default=defaults.fraction, help="clients per round (fraction)")
     run.add_argument("--run-seed", type=int, default=defaults.seed, help="seeds sampling and encoders")
@@ -53,6 +54,7 @@ def run_config(args: argparse.Namespace, codec: str):
     return RunConfig(
         task=task,
         codec=codec,
+        downlink=args.downlink,
         strategy=args.strategy,
         rounds=args.rounds,
         fraction=args.fraction,

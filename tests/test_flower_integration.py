@@ -142,3 +142,38 @@ def test_composes_with_other_strategies(inner):
     w = result.arrays["w"].numpy()
     assert np.isfinite(w).all() and w.any()
     assert all(t.accepted == NODES for t in strategy.traffic.values())
+
+
+def replica_of(context):
+    return context.state.array_records["flcomp.replica"]
+
+
+def test_compressed_downlink_keeps_client_replicas_equal_to_the_servers():
+    strategy = Compressed(fedavg(), codec="topk:ratio=0.2", downlink="fp16")
+    result, grid = run(strategy, make_app(), rounds=4)
+    server = strategy.broadcast.replica
+    for context in grid.contexts.values():
+        assert context.state.config_records["flcomp.replica.meta"]["version"] == 4
+        for k in ("w", "b"):
+            np.testing.assert_array_equal(replica_of(context)[k].numpy(), server[k].numpy())
+    bytes_per_round = [strategy.traffic[r].downlink_bytes for r in (1, 2, 3, 4)]
+    assert bytes_per_round[1] < bytes_per_round[0]  # round 1 sends key frames, then fp16 changes
+    assert all(t.accepted == NODES for t in strategy.traffic.values())
+
+
+def test_stale_replicas_get_key_frames():
+    strategy = Compressed(fedavg(fraction_train=0.5), codec="fp32", downlink="qsgd:levels=8")
+    run(strategy, make_app(), rounds=5, seed=1)
+    assert all(t.accepted == NODES // 2 and not t.dropped for t in strategy.traffic.values())
+
+
+def test_a_client_that_lost_its_replica_is_dropped_once_then_resynchronised():
+    def forget_replica(msg, context, call_next):
+        if context.node_id == 101 and msg.content["config"]["server-round"] == 3:
+            del context.state["flcomp.replica"]
+        return call_next(msg, context)
+
+    strategy = Compressed(fedavg(), codec="fp32", downlink="fp16")
+    run(strategy, make_app(forget_replica), rounds=4)
+    assert list(strategy.traffic[3].dropped) == [101] and "stale replica" in strategy.traffic[3].dropped[101]
+    assert strategy.traffic[4].accepted == NODES

@@ -2,8 +2,10 @@
 
     app = ClientApp(mods=[compression_mod])      # nothing else changes in the app
 
-On a train instruction from a `Compressed` strategy, the mod settles its encoder's
-pending step against the server's decoder fingerprint, lets the app train, encodes
+On a train instruction from a `Compressed` strategy, the mod rebuilds the global
+model from a compressed broadcast when the server sends one (`receive_broadcast`),
+settles its encoder's pending step against the server's decoder fingerprint, lets
+the app train, encodes
 Δ = w_global − w_local of the floating-point arrays and replaces the reply's
 ArrayRecord with the payload (integer arrays travel as they are). The encoder's
 state stays in `context.state` between rounds. Instructions without an flcomp
@@ -18,6 +20,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
 from flcomp.clients import records
+from flcomp.clients.replica import receive_broadcast
 from flcomp.codecs import Codec, RoundContext
 
 
@@ -28,7 +31,9 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return call_next(msg, context)
 
     codec = Codec.parse(str(config[records.CODEC]))
-    _, global_record = records.the_record(msg.content.array_records.items())
+    global_key, global_record = records.the_record(msg.content.array_records.items())
+    if records.DOWNLINK in config:
+        global_record = msg.content[global_key] = receive_broadcast(global_record, config, context)
     keys = records.float_keys(global_record)
     spec = records.spec_of(global_record)
     client = _client_id(context)

@@ -26,6 +26,12 @@ NUM_CLIENTS = "flcomp.num-clients"
 """ConfigRecord key: how many clients the round instructs."""
 MODEL_CHANGE_SQ = "flcomp.model-change-sq"
 """ConfigRecord key: ‖w(t+1−d) − w(t−d)‖², d = 1..10, newest first."""
+DOWNLINK = "flcomp.downlink"
+"""ConfigRecord key: the downlink codec's text, when the server compresses its broadcast."""
+DOWNLINK_VERSION = "flcomp.downlink-version"
+"""ConfigRecord key: the replica version (round) the message's arrays describe."""
+DOWNLINK_BASE = "flcomp.downlink-base"
+"""ConfigRecord key: the replica version a downlink payload applies to (-1: a key frame)."""
 SEED = "flcomp.seed"
 """ConfigRecord key: the run's seed, from which each client's encoder seed derives."""
 
@@ -104,3 +110,18 @@ def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Enco
             meta[k] = int(v)
     state[_STATE_ARRAYS] = ArrayRecord(arrays)
     state[_STATE_META] = ConfigRecord(meta)
+
+
+def replica_plus(replica: ArrayRecord, change: dict[str, np.ndarray], raw: ArrayRecord) -> ArrayRecord:
+    """A model replica advanced by a decoded change; its non-float arrays taken from `raw`.
+
+    Client and server both advance their replicas with this, so they hold the same values.
+    """
+    out = {}
+    for k, a in replica.items():
+        if k in change:
+            w = a.numpy()
+            out[k] = Array((w + change[k]).astype(w.dtype, copy=False))
+        else:
+            out[k] = raw[k] if k in raw else a
+    return ArrayRecord(out)

@@ -56,7 +56,9 @@ def server_app(config: RunConfig, recorder: RunRecorder, on_round: Callable[[dic
     def main(grid: Grid, context: Context) -> None:
         random.seed(config.seed)  # Flower samples clients with the global `random`
         task = load_task(config.task)
-        strategy = Compressed(config.inner_strategy(), codec=config.codec, seed=config.seed)
+        strategy = Compressed(
+            config.inner_strategy(), codec=config.codec, downlink=config.downlink, seed=config.seed
+        )
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             metrics = task.evaluate([arrays[k].numpy() for k in task.keys])

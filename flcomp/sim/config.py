@@ -54,6 +54,8 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     codec: str = "fp32"
     """Uplink codec, as `flcomp.codecs.Codec.parse` reads it."""
+    downlink: str | None = None
+    """Downlink codec for the server's broadcast (None: the model is sent as it is)."""
     strategy: str = "fedavg"
     """Inner Flower strategy: one of STRATEGIES."""
     rounds: int = 20

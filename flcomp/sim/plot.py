@@ -21,7 +21,9 @@ def plot_runs(directories: list[Path], output: Path) -> Path:
     for config, rounds, _ in runs:
         sent = [r for r in rounds if r["cumulative_uplink_bytes"] > 0]  # round 0 sends nothing
         by_bits.plot([8 * r["cumulative_uplink_bytes"] for r in sent], [r[metric] for r in sent], marker=".")
-        by_round.plot([r["round"] for r in rounds], [r[metric] for r in rounds], marker=".", label=config["codec"])
+        by_round.plot(
+            [r["round"] for r in rounds], [r[metric] for r in rounds], marker=".", label=config["codec"]
+        )
     by_bits.set_xscale("log")
     by_bits.set_xlabel("cumulative uplink bits (all clients)")
     by_round.set_xlabel("round")

@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import Strategy
 
 from flcomp.clients import records
 from flcomp.codecs import Codec, DecoderPool, ModelSpec
+from flcomp.strategies.downlink import Broadcast
 
 log = logging.getLogger(__name__)
 
@@ -53,41 +54,67 @@ class RoundTraffic:
 class Compressed(Strategy):
     """Wrap `strategy` so that clients upload codec payloads; see the module docstring.
 
-    `codec` is a `Codec` or its text ("topk:ratio=0.01"); `seed` seeds the clients'
+    `codec` is a `Codec` or its text ("topk:ratio=0.01"); `downlink`, if given, the
+    codec of the server's broadcast (see `flcomp.strategies.downlink`); `seed` seeds the
     encoders (stochastic codecs), so two runs with the same seed send the same bytes.
     """
 
-    def __init__(self, strategy: Strategy, codec: Codec | str = "fp32", seed: int = 0) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        codec: Codec | str = "fp32",
+        downlink: Codec | str | None = None,
+        seed: int = 0,
+    ) -> None:
         self.strategy = strategy
-        self.codec = codec if isinstance(codec, Codec) else Codec.parse(codec)
+        self.codec = _as_codec(codec)
+        self.broadcast = Broadcast(_as_codec(downlink), seed=seed) if downlink is not None else None
+        """The compressed downlink, or None: clients then receive the model as it is."""
         self.seed = seed
         self.pool: DecoderPool | None = None
         self._spec: ModelSpec | None = None
         self.traffic: dict[int, RoundTraffic] = {}
         """Per training round."""
         self._global: ArrayRecord | None = None
+        """The model the round's clients train from (the replica under a compressed downlink)."""
+        self._previous: ArrayRecord | None = None
+        """The previous round's global model, for the model-change history."""
         self._model_changes: deque[float] = deque(maxlen=_MODEL_CHANGES_KEPT)
 
     def summary(self) -> None:
         log.info("Compressed uplink: %s", self.codec.describe())
+        if self.broadcast is not None:
+            log.info("Compressed downlink: %s", self.broadcast.codec.describe())
         self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._track_model(arrays)
+        self._global = arrays
+        if self.broadcast is not None:
+            self.broadcast.advance(server_round, arrays)
+            self._global = self.broadcast.replica  # what clients train from: the uplink's w_global
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         traffic = self.traffic[server_round] = RoundTraffic()
         out = []
         for m in messages:
             node = m.metadata.dst_node_id
+            instructions = self._instructions(node, len(messages))
             content = RecordDict()
             for key, record in m.content.items():
-                if isinstance(record, ConfigRecord):
-                    record = ConfigRecord(dict(record) | self._instructions(node, len(messages)))
-                elif isinstance(record, ArrayRecord):
+                if isinstance(record, ArrayRecord):
+                    if self.broadcast is not None:
+                        record = self.broadcast.record_for(node)
+                        instructions |= {
+                            records.DOWNLINK: self.broadcast.codec.describe(),
+                            records.DOWNLINK_VERSION: self.broadcast.version,
+                            records.DOWNLINK_BASE: self.broadcast.base_version(record),
+                        }
                     traffic.downlink_bytes += sum(len(a.data) for a in record.values())
                 content[key] = record
+            for key, record in m.content.config_records.items():
+                content[key] = ConfigRecord(dict(record) | instructions)
             out.append(
                 Message(
                     content=content,
@@ -131,6 +158,8 @@ class Compressed(Strategy):
         )
         for node, reason in traffic.dropped.items():
             log.warning("round %d: client %d dropped: %s", server_round, node, reason)
+            if self.broadcast is not None:
+                self.broadcast.forget(node)
 
         arrays, metrics = self.strategy.aggregate_train(server_round, accepted) if accepted else (None, None)
         return arrays, self._round_metrics(metrics, traffic)
@@ -144,19 +173,19 @@ class Compressed(Strategy):
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def _track_model(self, arrays: ArrayRecord) -> None:
-        """Remember the global model; note its change since the last round; build the decoders."""
+        """Note the model's change since the last round; (re)build the decoders for its spec."""
         spec = records.spec_of(arrays)
         if self.pool is None or spec != self._spec:
             if self.pool is not None:
                 log.warning("the model's float arrays changed shape or dtype: codec states restart")
             self.pool, self._spec = self.codec.decoder_pool(spec), spec
-        if self._global is not None:
+        if self._previous is not None and spec == records.spec_of(self._previous):
             change = sum(
-                float(np.sum((arrays[k].numpy().astype(np.float64) - self._global[k].numpy()) ** 2))
+                float(np.sum((arrays[k].numpy().astype(np.float64) - self._previous[k].numpy()) ** 2))
                 for k in records.float_keys(arrays)
             )
             self._model_changes.appendleft(change)
-        self._global = arrays
+        self._previous = arrays
 
     def _instructions(self, node: int, num_clients: int) -> dict:
         return {
@@ -208,3 +237,7 @@ def _client_order(reply: Message) -> tuple[int, int]:
     """Aggregation order: the client's stable id, so that sums are reproducible."""
     ids = [m[records.CLIENT] for m in reply.content.metric_records.values() if records.CLIENT in m]
     return (int(ids[0]) if ids else -1, reply.metadata.src_node_id)
+
+
+def _as_codec(codec: Codec | str) -> Codec:
+    return codec if isinstance(codec, Codec) else Codec.parse(codec)
