@@ -1,0 +1,273 @@
+"""Simulation overhead of the wrapper: per-round wall seconds, plain Flower vs flcomp.
+
+Plain FedAvg, `Compressed(FedAvg, codec="fp32")` (the identity codec) and
+`Compressed(FedAvg, codec="topk")` (1%, error feedback) on Flower's Ray simulation
+engine with two single-CPU actors, every client training every round. The "training"
+is one cheap NumPy step on an MLP-shaped model of about `--entries` float32 weights,
+so the time is Flower's and the codec path's.
+
+On a 2-core machine round times drift by up to ±20% from one simulation to the next,
+more than the overhead to measure, so each codec is compared with plain FedAvg inside
+one simulation that alternates their rounds (ABBA order); its ClientApp has
+`compression_mod`, which passes plain FedAvg's instructions through untouched. The
+ratio is the median over rounds of a wrapped round's seconds over its neighbouring
+plain round's. A last simulation runs plain FedAvg on the ClientApp without the mod,
+for reference. Flower ships each node's Context (its `state` included) with every
+message, so in the top-k simulation the plain rounds also carry the clients' top-k
+state (an error-feedback residual as large as the model): topk/plain leaves that
+transport out, the top-k run's plain column shows what it costs plain rounds.
+
+A round is timed by the strategy's `evaluate_fn` (called before and after it): send,
+client work, replies, aggregation; Ray's start-up and each strategy's first round are
+left out. Flower's engine picks up new instructions every 0.1 s, which every variant
+pays alike; its in-memory grid also polls for replies every 0.1 s, which would round
+rounds up to a tenth of a second, so the benchmark polls every `--pull-interval` s.
+Uplink bytes per round are the payloads' summed lengths (`flcomp.uplink-bytes`) or,
+for plain FedAvg, the replies' serialized model arrays.
+
+Floor (the project's issue): fp32/plain <= 1.15 at 100 clients.
+
+    python benchmarks/sim_overhead.py [--clients 10 100 1000] [--rounds 10] [--entries 50000]
+"""
+
+# ruff: noqa: E402  (Flower reads these variables when it is imported)
+from __future__ import annotations
+
+import os
+
+for _key, _value in {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_LOG_LEVEL": "WARNING",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.simulation import run_simulation
+
+from flcomp.clients import compression_mod, records
+from flcomp.strategies import Compressed
+
+CODECS = ("fp32", "topk")
+FLOOR_CLIENTS, FLOOR_CODEC, FLOOR_RATIO = 100, "fp32", 1.15
+
+
+@dataclass
+class Series:
+    """One strategy's timed rounds in one simulation."""
+
+    seconds: list[float]
+    uplink_bytes: int
+    """All clients' uploads in one round (the last round's)."""
+
+
+@dataclass
+class Pair:
+    """Plain FedAvg and the wrapper with one codec, alternating rounds in one simulation."""
+
+    plain: Series
+    wrapped: Series
+
+    def ratio(self) -> float:
+        """The median over rounds of a wrapped round's seconds over its neighbouring plain round's."""
+        return statistics.median(w / p for w, p in zip(self.wrapped.seconds, self.plain.seconds))
+
+
+@dataclass
+class Row:
+    """Everything measured for one client count."""
+
+    pairs: dict[str, Pair]
+    """By codec."""
+    no_mod: Series
+    """Plain FedAvg on a ClientApp without `compression_mod`."""
+
+
+def initial_model(entries: int) -> ArrayRecord:
+    """Two dense layers (100 hidden units, 10 outputs) of about `entries` float32 weights."""
+    hidden, outputs = 100, 10
+    inputs = max(1, (entries - hidden * outputs) // hidden)
+    shapes = {"w1": (inputs, hidden), "b1": (hidden,), "w2": (hidden, outputs), "b2": (outputs,)}
+    rng = np.random.default_rng(0)
+    return ArrayRecord(
+        {k: Array((0.1 * rng.standard_normal(s)).astype(np.float32)) for k, s in shapes.items()}
+    )
+
+
+def client_app(with_mod: bool) -> ClientApp:
+    """A ClientApp whose training moves each weight 10% of the way to a per-client constant."""
+    app = ClientApp(mods=[compression_mod] if with_mod else [])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        target = np.float32(int(context.node_config["partition-id"]) % 10) / 10
+        local = {k: 0.9 * a.numpy() + 0.1 * target for k, a in msg.content["arrays"].items()}
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(a) for k, a in local.items()}),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def fedavg(clients: int) -> FedAvg:
+    """FedAvg that trains on all `clients` every round and never evaluates on clients."""
+    return FedAvg(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients
+    )
+
+
+def one_round(strategy: Strategy, grid: Grid, arrays: ArrayRecord) -> tuple[float, ArrayRecord, MetricRecord]:
+    """Run one round; return its wall seconds, the new global arrays and the train metrics."""
+    stamps: list[float] = []
+
+    def stamp(server_round: int, arrays: ArrayRecord) -> None:
+        stamps.append(time.perf_counter())
+
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1, evaluate_fn=stamp)
+    return stamps[1] - stamps[0], result.arrays, result.train_metrics_clientapp[1]
+
+
+def server_app(
+    strategies: list[Strategy],
+    clients: int,
+    rounds: int,
+    entries: int,
+    pull_interval: float,
+    out: list[Series],
+) -> ServerApp:
+    """A ServerApp that runs 1 + `rounds` rounds of each strategy, alternating, and appends
+    one Series per strategy to `out`."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        grid.pull_interval = pull_interval
+        arrays = [initial_model(entries) for _ in strategies]
+        seconds: list[list[float]] = [[] for _ in strategies]
+        uplink = [0] * len(strategies)
+        for r in range(1 + rounds):
+            order = range(len(strategies)) if r % 2 == 0 else reversed(range(len(strategies)))
+            for i in order:
+                s, arrays[i], metrics = one_round(strategies[i], grid, arrays[i])
+                if r > 0:
+                    seconds[i].append(s)
+                uplink[i] = uplink_bytes(strategies[i], clients, arrays[i], metrics)
+        out.extend(Series(s, b) for s, b in zip(seconds, uplink))
+
+    return app
+
+
+def uplink_bytes(strategy: Strategy, clients: int, arrays: ArrayRecord, metrics: MetricRecord) -> int:
+    """Bytes all clients uploaded in the round; RuntimeError if the wrapper dropped any."""
+    if not isinstance(strategy, Compressed):
+        return clients * sum(len(a.data) for a in arrays.values())
+    if metrics["flcomp.clients-accepted"] != clients:
+        raise RuntimeError(f"{strategy.codec.describe()}: clients were dropped, see the log")
+    return int(metrics[records.UPLINK_BYTES])
+
+
+def simulate(
+    codec: str | None, with_mod: bool, clients: int, rounds: int, entries: int, pull: float
+) -> list[Series]:
+    """One simulation: plain FedAvg alternating with `Compressed(FedAvg, codec)`, or alone."""
+    strategies: list[Strategy] = [fedavg(clients)]
+    if codec is not None:
+        strategies.append(Compressed(fedavg(clients), codec=codec))
+    out: list[Series] = []
+    run_simulation(
+        server_app=server_app(strategies, clients, rounds, entries, pull, out),
+        client_app=client_app(with_mod),
+        num_supernodes=clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
+    )
+    if not out:
+        raise RuntimeError(f"the simulation with {clients} clients ({codec or 'plain'}) did not finish")
+    return out
+
+
+def measure(clients: int, rounds: int, entries: int, pull: float) -> Row:
+    """The simulations of one client count: one per codec, then plain FedAvg without the mod."""
+    pairs = {c: Pair(*simulate(c, True, clients, rounds, entries, pull)) for c in CODECS}
+    (no_mod,) = simulate(None, False, clients, rounds, entries, pull)
+    return Row(pairs, no_mod)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds (default: 10, or 3 from 1000 clients)"
+    )
+    ap.add_argument("--entries", type=int, default=50_000, help="float32 weights in the model")
+    ap.add_argument("--pull-interval", type=float, default=0.01, help="seconds between the grid's polls")
+    args = ap.parse_args()
+
+    rows = {}
+    for n in args.clients:
+        rounds = args.rounds or (10 if n < 1000 else 3)
+        rows[n] = measure(n, rounds, args.entries, args.pull_interval)
+    print_results(rows, sum(a.numpy().size for a in initial_model(args.entries).values()))
+
+
+def print_results(rows: dict[int, Row], weights: int) -> None:
+    """Seconds per round with the paired ratios, uplink bytes, then the floor's verdict."""
+    print(f"\nMedian wall seconds per round, model of {weights:,} float32 weights:\n")
+    columns = ["clients"]
+    for c in CODECS:
+        columns += [f"plain ({c} run) s/round", f"{c} s/round", f"{c}/plain"]
+    print_table(
+        [*columns, "plain, no mod s/round"],
+        [[f"{n:,}", *time_cells(r)] for n, r in rows.items()],
+    )
+    print("\nUplink bytes per round (all clients):\n")
+    print_table(
+        ["clients", "plain", *CODECS, *(f"{c}/plain" for c in CODECS)],
+        [[f"{n:,}", *byte_cells(r)] for n, r in rows.items()],
+    )
+    if FLOOR_CLIENTS in rows:
+        ratio = rows[FLOOR_CLIENTS].pairs[FLOOR_CODEC].ratio()
+        verdict = "met" if ratio <= FLOOR_RATIO else "NOT met"
+        floor = f"{FLOOR_CODEC}/plain <= {FLOOR_RATIO} at {FLOOR_CLIENTS} clients"
+        print(f"\nFloor: {floor}: {verdict} ({ratio:.3f}).")
+
+
+def time_cells(row: Row) -> list[str]:
+    median = statistics.median
+    cells = []
+    for p in row.pairs.values():
+        cells += [f"{median(p.plain.seconds):.3f}", f"{median(p.wrapped.seconds):.3f}", f"{p.ratio():.3f}"]
+    return [*cells, f"{median(row.no_mod.seconds):.3f}"]
+
+
+def byte_cells(row: Row) -> list[str]:
+    plain = row.no_mod.uplink_bytes
+    wrapped = [p.wrapped.uplink_bytes for p in row.pairs.values()]
+    return [f"{plain:,}", *(f"{b:,}" for b in wrapped), *(f"{b / plain:.4f}" for b in wrapped)]
+
+
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for cells in rows:
+        padded = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        print("| " + " | ".join(padded) + " |")
+
+
+if __name__ == "__main__":
+    main()
