@@ -3,48 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from flcomp.tasks import TaskConfig
 
-
-def _fedavg(fraction: float, min_nodes: int) -> Strategy:
-    return FedAvg(
-        fraction_train=fraction,
-        fraction_evaluate=0.0,
-        min_train_nodes=min_nodes,
-        min_available_nodes=min_nodes,
-    )
-
-
-def _fedadam(fraction: float, min_nodes: int) -> Strategy:
-    return FedAdam(
-        fraction_train=fraction,
-        fraction_evaluate=0.0,
-        min_train_nodes=min_nodes,
-        min_available_nodes=min_nodes,
-    )
-
-
-def _fedprox(fraction: float, min_nodes: int) -> Strategy:
-    return FedProx(
-        fraction_train=fraction,
-        fraction_evaluate=0.0,
-        min_train_nodes=min_nodes,
-        min_available_nodes=min_nodes,
-        proximal_mu=0.01,
-    )
-
-
-STRATEGIES: dict[str, Callable[[float, int], Strategy]] = {
-    "fedavg": _fedavg,
-    "fedadam": _fedadam,
-    "fedprox": _fedprox,
+STRATEGIES: dict[str, tuple[type[Strategy], dict]] = {
+    "fedavg": (FedAvg, {}),
+    "fedadam": (FedAdam, {}),
+    "fedprox": (FedProx, {"proximal_mu": 0.01}),
 }
-"""Inner strategies by name: (fraction of clients per round, minimum clients) → strategy."""
+"""Inner strategies by name: the Flower class and its arguments beyond client sampling."""
 
 
 @dataclass(frozen=True)
@@ -84,5 +54,12 @@ class RunConfig:
         return cls(**{**d, "task": TaskConfig(**d["task"])})
 
     def inner_strategy(self) -> Strategy:
-        num = self.task.num_clients
-        return STRATEGIES[self.strategy](self.fraction, max(1, int(num * self.fraction)))
+        cls, kwargs = STRATEGIES[self.strategy]
+        nodes = max(1, int(self.task.num_clients * self.fraction))
+        return cls(
+            fraction_train=self.fraction,
+            fraction_evaluate=0.0,
+            min_train_nodes=nodes,
+            min_available_nodes=nodes,
+            **kwargs,
+        )
