@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from flcomp.codecs import Codec, Encoder, ModelSpec
+from flcomp.codecs import Codec, Encoder, ModelSpec, TensorSpec
 
 CODEC = "flcomp.codec"
 """ConfigRecord key: the uplink codec, as text `Codec.parse` reads."""
@@ -62,8 +62,8 @@ def float_keys(record: ArrayRecord) -> list[str]:
 
 
 def spec_of(record: ArrayRecord) -> ModelSpec:
-    """The codec spec of a model record: its floating-point arrays."""
-    return ModelSpec.of([record[k].numpy() for k in float_keys(record)])
+    """The codec spec of a model record: its floating-point arrays (read from metadata, not data)."""
+    return ModelSpec(tuple(TensorSpec(record[k].shape, record[k].dtype) for k in float_keys(record)))
 
 
 def payload_array(codec: Codec, payload: bytes) -> Array:

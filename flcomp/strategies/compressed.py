@@ -141,13 +141,14 @@ class Compressed(Strategy):
         traffic.uplink_bytes = sum(len(p) for p in payloads.values())
 
         decoded = self.pool.decode_round(payloads)
+        w_global = {k: self._global[k].numpy() for k in records.float_keys(self._global)}
         accepted = []
         for node, reply in by_node.items():
             if node in decoded.errors:
                 traffic.dropped[int(node)] = f"malformed payload: {decoded.errors[node]}"
                 continue
             self.pool.commit(node)
-            self._replace_with_model(reply, decoded.updates[node])
+            self._replace_with_model(reply, w_global, decoded.updates[node])
             accepted.append(reply)
         accepted.sort(key=_client_order)
         traffic.accepted = len(accepted)
@@ -209,19 +210,23 @@ class Compressed(Strategy):
             raise ValueError(f"reply lacks the non-float arrays {missing}")
         return array.data
 
-    def _replace_with_model(self, reply: Message, update: list[np.ndarray]) -> None:
-        """Turn a reply's payload into the arrays w_global − Δ̂ the inner strategy expects."""
+    def _replace_with_model(
+        self, reply: Message, w_global: dict[str, np.ndarray], update: list[np.ndarray]
+    ) -> None:
+        """Turn a reply's payload into the arrays w_global − Δ̂ the inner strategy expects.
+
+        `w_global` holds the float arrays of the round's model, deserialized once per round.
+        """
         key, record = records.the_record(reply.content.array_records.items())
-        keys = records.float_keys(self._global)
-        local = dict(zip(keys, update))
+        local = dict(zip(w_global, update))
         arrays = {}
-        for k, a in self._global.items():
+        for k in self._global.keys():
             if k in local:
-                w = a.numpy()
-                arrays[k] = (w - local[k]).astype(w.dtype, copy=False)
+                w = w_global[k]
+                arrays[k] = Array((w - local[k]).astype(w.dtype, copy=False))
             else:
-                arrays[k] = record[k].numpy()
-        reply.content[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+                arrays[k] = record[k]
+        reply.content[key] = ArrayRecord(arrays)
 
     def _round_metrics(self, inner: MetricRecord | None, traffic: RoundTraffic) -> MetricRecord:
         metrics = MetricRecord(dict(inner) if inner else {})
