@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
 from flcomp.clients import records
+from flcomp.clients.arrays import to_numpy
 from flcomp.clients.replica import receive_broadcast
 from flcomp.codecs import Codec, RoundContext
 
@@ -47,7 +48,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return reply
 
     reply_key, local_record = records.the_record(reply.content.array_records.items())
-    update = [global_record[k].numpy() - local_record[k].numpy() for k in keys]
+    update = [to_numpy(global_record[k]) - to_numpy(local_record[k]) for k in keys]
     ctx = RoundContext(
         num_clients=max(1, int(config.get(records.NUM_CLIENTS, 1))),
         model_change_sq=tuple(float(c) for c in config.get(records.MODEL_CHANGE_SQ, [])),

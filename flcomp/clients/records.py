@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from flcomp.clients.arrays import from_numpy, to_numpy
 from flcomp.codecs import Codec, Encoder, ModelSpec, TensorSpec
 
 CODEC = "flcomp.codec"
@@ -91,7 +92,7 @@ def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) ->
     if meta is None or meta.get("codec") != codec.describe() or meta.get("spec") != repr(spec):
         return encoder
     arrays = state.array_records.get(_STATE_ARRAYS, ArrayRecord())
-    stored = {k: a.numpy() for k, a in arrays.items()}
+    stored = {k: to_numpy(a) for k, a in arrays.items()}
     stored.update({k: int(v) for k, v in meta.items() if k not in ("codec", "spec")})
     try:
         encoder.load_state_dict(stored)
@@ -105,7 +106,7 @@ def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Enco
     arrays, meta = {}, {"codec": codec.describe(), "spec": repr(spec)}
     for k, v in encoder.state_dict().items():
         if isinstance(v, np.ndarray):
-            arrays[k] = Array(v)
+            arrays[k] = from_numpy(v)
         else:
             meta[k] = int(v)
     state[_STATE_ARRAYS] = ArrayRecord(arrays)
@@ -120,8 +121,8 @@ def replica_plus(replica: ArrayRecord, change: dict[str, np.ndarray], raw: Array
     out = {}
     for k, a in replica.items():
         if k in change:
-            w = a.numpy()
-            out[k] = Array((w + change[k]).astype(w.dtype, copy=False))
+            w = to_numpy(a)
+            out[k] = from_numpy((w + change[k]).astype(w.dtype, copy=False))
         else:
             out[k] = raw[k] if k in raw else a
     return ArrayRecord(out)

@@ -11,6 +11,7 @@ codec modules is `flcomp.codecs.__init__`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass
@@ -79,27 +80,35 @@ class Codec:
 
     @classmethod
     def parse(cls, text: str) -> Codec:
-        """Read "name" or "name:key=value,key=value" (values typed from the config)."""
-        name, _, rest = text.partition(":")
-        params: dict[str, str] = {}
-        for item in filter(None, (s.strip() for s in rest.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise ValueError(f"codec parameter {item!r} is not key=value")
-            params[key.strip()] = value.strip()
-        if name.strip() not in REGISTRY:
-            raise ValueError(f"unknown codec {name.strip()!r}; available: {', '.join(available())}")
-        config_cls = REGISTRY[name.strip()].Config
-        hints = typing.get_type_hints(config_cls)
-        typed: dict[str, Any] = {}
-        for key, value in params.items():
-            if key == "error_feedback":
-                typed[key] = _convert(value, bool, key)
-            elif key in hints:
-                typed[key] = _convert(value, hints[key], key)
-            else:
-                typed[key] = value
-        return codec(name.strip(), **typed)
+        """Read "name" or "name:key=value,key=value" (values typed from the config).
+
+        Every train instruction carries its codec as text, so parses are cached.
+        """
+        return _parse(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> Codec:
+    name, _, rest = text.partition(":")
+    params: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"codec parameter {item!r} is not key=value")
+        params[key.strip()] = value.strip()
+    if name.strip() not in REGISTRY:
+        raise ValueError(f"unknown codec {name.strip()!r}; available: {', '.join(available())}")
+    config_cls = REGISTRY[name.strip()].Config
+    hints = typing.get_type_hints(config_cls)
+    typed: dict[str, Any] = {}
+    for key, value in params.items():
+        if key == "error_feedback":
+            typed[key] = _convert(value, bool, key)
+        elif key in hints:
+            typed[key] = _convert(value, hints[key], key)
+        else:
+            typed[key] = value
+    return codec(name.strip(), **typed)
 
 
 def codec(name: str, *, error_feedback: bool | None = None, **params: Any) -> Codec:

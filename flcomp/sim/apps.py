@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from flcomp.clients import compression_mod
+from flcomp.clients.arrays import from_numpy, to_numpy
 from flcomp.sim.config import RunConfig
 from flcomp.sim.results import RunRecorder
 from flcomp.strategies import Compressed
@@ -33,12 +34,12 @@ def client_app(config: TaskConfig) -> ClientApp:
         record = msg.content["arrays"]
         arrays, examples, metrics = task.train(
             int(context.node_config["partition-id"]),
-            [record[k].numpy() for k in task.keys],
+            [to_numpy(record[k]) for k in task.keys],
             int(msg.content["config"]["server-round"]),
         )
         content = RecordDict(
             {
-                "arrays": ArrayRecord({k: Array(a) for k, a in zip(task.keys, arrays)}),
+                "arrays": ArrayRecord({k: from_numpy(a) for k, a in zip(task.keys, arrays)}),
                 "metrics": MetricRecord({"num-examples": examples, **metrics}),
             }
         )
@@ -61,7 +62,7 @@ def server_app(config: RunConfig, recorder: RunRecorder, on_round: Callable[[dic
         )
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            metrics = task.evaluate([arrays[k].numpy() for k in task.keys])
+            metrics = task.evaluate([to_numpy(arrays[k]) for k in task.keys])
             traffic = strategy.traffic.get(server_round)
             row = {"round": server_round, **metrics}
             if traffic is not None:

@@ -25,11 +25,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flcomp.clients import records
+from flcomp.clients.arrays import from_numpy, to_numpy
 from flcomp.codecs import Codec, DecoderPool, ModelSpec
 from flcomp.strategies.downlink import Broadcast
 
@@ -97,34 +98,24 @@ class Compressed(Strategy):
             self._global = self.broadcast.replica  # what clients train from: the uplink's w_global
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         traffic = self.traffic[server_round] = RoundTraffic()
-        out = []
         for m in messages:
+            # Strategies may share one RecordDict among their messages (FedAvg does):
+            # each message gets its own, whose changed records are new objects.
             node = m.metadata.dst_node_id
             instructions = self._instructions(node, len(messages))
-            content = RecordDict()
-            for key, record in m.content.items():
-                if isinstance(record, ArrayRecord):
-                    if self.broadcast is not None:
-                        record = self.broadcast.record_for(node)
-                        instructions |= {
-                            records.DOWNLINK: self.broadcast.codec.describe(),
-                            records.DOWNLINK_VERSION: self.broadcast.version,
-                            records.DOWNLINK_BASE: self.broadcast.base_version(record),
-                        }
-                    traffic.downlink_bytes += sum(len(a.data) for a in record.values())
-                content[key] = record
-            for key, record in m.content.config_records.items():
-                content[key] = ConfigRecord(dict(record) | instructions)
-            out.append(
-                Message(
-                    content=content,
-                    message_type=m.metadata.message_type,
-                    dst_node_id=node,
-                    ttl=m.metadata.ttl,
-                    group_id=m.metadata.group_id,
-                )
-            )
-        return out
+            m.content = RecordDict(dict(m.content.items()))
+            for key, record in list(m.content.array_records.items()):
+                if self.broadcast is not None:
+                    record = m.content[key] = self.broadcast.record_for(node)
+                    instructions |= {
+                        records.DOWNLINK: self.broadcast.codec.describe(),
+                        records.DOWNLINK_VERSION: self.broadcast.version,
+                        records.DOWNLINK_BASE: self.broadcast.base_version(record),
+                    }
+                traffic.downlink_bytes += sum(len(a.data) for a in record.values())
+            for key, record in list(m.content.config_records.items()):
+                m.content[key] = ConfigRecord(dict(record) | instructions)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -141,7 +132,7 @@ class Compressed(Strategy):
         traffic.uplink_bytes = sum(len(p) for p in payloads.values())
 
         decoded = self.pool.decode_round(payloads)
-        w_global = {k: self._global[k].numpy() for k in records.float_keys(self._global)}
+        w_global = {k: to_numpy(self._global[k]) for k in records.float_keys(self._global)}
         accepted = []
         for node, reply in by_node.items():
             if node in decoded.errors:
@@ -182,7 +173,7 @@ class Compressed(Strategy):
             self.pool, self._spec = self.codec.decoder_pool(spec), spec
         if self._previous is not None and spec == records.spec_of(self._previous):
             change = sum(
-                float(np.sum((arrays[k].numpy().astype(np.float64) - self._previous[k].numpy()) ** 2))
+                float(np.sum((to_numpy(arrays[k]).astype(np.float64) - to_numpy(self._previous[k])) ** 2))
                 for k in records.float_keys(arrays)
             )
             self._model_changes.appendleft(change)
@@ -223,7 +214,7 @@ class Compressed(Strategy):
         for k in self._global.keys():
             if k in local:
                 w = w_global[k]
-                arrays[k] = Array((w - local[k]).astype(w.dtype, copy=False))
+                arrays[k] = from_numpy((w - local[k]).astype(w.dtype, copy=False))
             else:
                 arrays[k] = record[k]
         reply.content[key] = ArrayRecord(arrays)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from flcomp.clients import records
+from flcomp.clients.arrays import to_numpy
 from flcomp.codecs import Codec, Encoder
 
 
@@ -46,7 +47,7 @@ class Broadcast:
                     f"downlink codec {self.codec.name!r} keeps shared state; use a stateless one"
                 )
         else:
-            change = [arrays[k].numpy() - self.replica[k].numpy() for k in keys]
+            change = [to_numpy(arrays[k]) - to_numpy(self.replica[k]) for k in keys]
             self._payload = self._encoder.encode(change, key_frame=True)
             self._encoder.commit()
             decoded = self.codec.decoder(records.spec_of(arrays)).decode(self._payload)
