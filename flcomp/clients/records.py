@@ -11,6 +11,7 @@ of the model (integer buffers travel as they are).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import numpy as np
@@ -89,7 +90,8 @@ def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) ->
     """
     encoder = codec.encoder(spec, seed=seed)
     meta = state.config_records.get(_STATE_META)
-    if meta is None or meta.get("codec") != codec.describe() or meta.get("spec") != repr(spec):
+    codec_text, spec_text = _state_tag(codec, spec)
+    if meta is None or meta.get("codec") != codec_text or meta.get("spec") != spec_text:
         return encoder
     arrays = state.array_records.get(_STATE_ARRAYS, ArrayRecord())
     stored = {k: to_numpy(a) for k, a in arrays.items()}
@@ -103,7 +105,8 @@ def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) ->
 
 def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Encoder) -> None:
     """Store an encoder's state (pending step included) in a client's `context.state`."""
-    arrays, meta = {}, {"codec": codec.describe(), "spec": repr(spec)}
+    codec_text, spec_text = _state_tag(codec, spec)
+    arrays, meta = {}, {"codec": codec_text, "spec": spec_text}
     for k, v in encoder.state_dict().items():
         if isinstance(v, np.ndarray):
             arrays[k] = from_numpy(v)
@@ -111,6 +114,12 @@ def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Enco
             meta[k] = int(v)
     state[_STATE_ARRAYS] = ArrayRecord(arrays)
     state[_STATE_META] = ConfigRecord(meta)
+
+
+@functools.lru_cache(maxsize=64)
+def _state_tag(codec: Codec, spec: ModelSpec) -> tuple[str, str]:
+    """What a stored encoder state was made for (every client call checks it, so cached)."""
+    return codec.describe(), repr(spec)
 
 
 def replica_plus(replica: ArrayRecord, change: dict[str, np.ndarray], raw: ArrayRecord) -> ArrayRecord:
