@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any
 
+from flcomp import keyvalue
 from flcomp.codecs.compressor import Compressor
 from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder
 from flcomp.codecs.error_feedback import ErrorFeedback
@@ -89,26 +88,10 @@ class Codec:
 
 @functools.lru_cache(maxsize=256)
 def _parse(text: str) -> Codec:
-    name, _, rest = text.partition(":")
-    params: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"codec parameter {item!r} is not key=value")
-        params[key.strip()] = value.strip()
-    if name.strip() not in REGISTRY:
-        raise ValueError(f"unknown codec {name.strip()!r}; available: {', '.join(available())}")
-    config_cls = REGISTRY[name.strip()].Config
-    hints = typing.get_type_hints(config_cls)
-    typed: dict[str, Any] = {}
-    for key, value in params.items():
-        if key == "error_feedback":
-            typed[key] = _convert(value, bool, key)
-        elif key in hints:
-            typed[key] = _convert(value, hints[key], key)
-        else:
-            typed[key] = value
-    return codec(name.strip(), **typed)
+    name, params = keyvalue.split(text, "codec")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown codec {name!r}; available: {', '.join(available())}")
+    return codec(name, **keyvalue.typed(params, REGISTRY[name].Config, {"error_feedback": bool}))
 
 
 def codec(name: str, *, error_feedback: bool | None = None, **params: Any) -> Codec:
@@ -129,28 +112,3 @@ def codec(name: str, *, error_feedback: bool | None = None, **params: Any) -> Co
 def available() -> list[str]:
     """Names of the registered codecs."""
     return sorted(REGISTRY)
-
-
-def _convert(value: str, kind: Any, key: str) -> Any:
-    """A string from the command line as a value of the config field's type."""
-    origin = typing.get_origin(kind)
-    if origin is typing.Literal:
-        for choice in typing.get_args(kind):
-            if str(choice) == value:
-                return choice
-        raise ValueError(f"{key} must be one of {typing.get_args(kind)}, got {value!r}")
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(kind) if a is not type(None)]
-        if value.lower() == "none" and len(options) < len(typing.get_args(kind)):
-            return None
-        return _convert(value, options[0], key)
-    if kind is bool:
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{key}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from e
