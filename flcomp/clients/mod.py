@@ -42,7 +42,9 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     encoder = records.load_encoder(context.state, codec, spec, seed)
     encoder.sync(int(config[records.FINGERPRINT]))
 
+    start = time.perf_counter()
     reply = call_next(msg, context)
+    train_seconds = time.perf_counter() - start
     if reply.has_error():
         records.save_encoder(context.state, codec, spec, encoder)
         return reply
@@ -67,6 +69,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     metrics[records.CLIENT] = client
     metrics[records.UPLINK_BYTES] = len(payload)
     metrics[records.ENCODE_SECONDS] = seconds
+    metrics[records.TRAIN_SECONDS] = train_seconds
     return reply
 
 

@@ -45,6 +45,8 @@ UPLINK_BYTES = "flcomp.uplink-bytes"
 """MetricRecord key: payload bytes (a client's reply; the round's sum on the server)."""
 ENCODE_SECONDS = "flcomp.encode-seconds"
 """MetricRecord key: seconds spent encoding."""
+TRAIN_SECONDS = "flcomp.train-seconds"
+"""MetricRecord key: wall seconds the ClientApp's train function took (for a measured compute model)."""
 CLIENT = "flcomp.client"
 """MetricRecord key: the client's stable id (partition-id, else node id); the server
 aggregates in this order, so float sums do not depend on arrival order."""

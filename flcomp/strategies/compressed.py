@@ -15,6 +15,15 @@ dropped from the round with a logged reason.
 Byte counts are the payloads' real lengths, summed over the round (not averaged
 like the inner strategy's metrics): `flcomp.uplink-bytes`, and
 `flcomp.downlink-bytes` for the model arrays sent (their serialized Array bytes).
+
+With a `channel` (`flcomp.channel`), every round also runs on a simulated wireless
+network: each client's real downlink and uplink bytes, and its training work, go
+through the channel's links, losses, clock and deadline. A client whose model or
+update is lost or late is dropped like a failed client (its encoder rolls the step
+back at the next instruction; a lost model costs it a key frame), and the round's
+virtual seconds, airtimes and energy join the metrics (`flcomp.virtual-seconds`, ...).
+The channel keys clients by their stable id (partition-id), so runs with the same
+seed see the same placements and fading whatever the codec.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from flcomp.channel import Channel, ClientLoad, RoundReport
 from flcomp.clients import records
 from flcomp.clients.arrays import from_numpy, to_numpy
 from flcomp.codecs import Codec, DecoderPool, ModelSpec
@@ -50,14 +60,19 @@ class RoundTraffic:
     """node id → why its update was not aggregated."""
     encode_seconds: float = 0.0
     """Summed over the accepted clients, as they reported it."""
+    downlink_bytes_by_node: dict[int, int] = field(default_factory=dict)
+    channel: RoundReport | None = None
+    """The round on the simulated network (None without a channel), keyed by client id."""
 
 
 class Compressed(Strategy):
     """Wrap `strategy` so that clients upload codec payloads; see the module docstring.
 
     `codec` is a `Codec` or its text ("topk:ratio=0.01"); `downlink`, if given, the
-    codec of the server's broadcast (see `flcomp.strategies.downlink`); `seed` seeds the
-    encoders (stochastic codecs), so two runs with the same seed send the same bytes.
+    codec of the server's broadcast (see `flcomp.strategies.downlink`); `channel`, if
+    given, a `flcomp.channel.Channel` or its text ("urban-sub6:deadline_s=2"); `seed`
+    seeds the encoders (stochastic codecs) and the channel, so two runs with the same
+    seed send the same bytes over the same links.
     """
 
     def __init__(
@@ -65,12 +80,15 @@ class Compressed(Strategy):
         strategy: Strategy,
         codec: Codec | str = "fp32",
         downlink: Codec | str | None = None,
+        channel: Channel | str | None = None,
         seed: int = 0,
     ) -> None:
         self.strategy = strategy
         self.codec = _as_codec(codec)
         self.broadcast = Broadcast(_as_codec(downlink), seed=seed) if downlink is not None else None
         """The compressed downlink, or None: clients then receive the model as it is."""
+        self.channel = Channel.parse(channel) if isinstance(channel, str) else channel
+        self._network = self.channel.simulator(seed) if self.channel is not None else None
         self.seed = seed
         self.pool: DecoderPool | None = None
         self._spec: ModelSpec | None = None
@@ -84,6 +102,8 @@ class Compressed(Strategy):
 
     def summary(self) -> None:
         log.info("Compressed uplink: %s", self.codec.describe())
+        if self.channel is not None:
+            log.info("Simulated channel: %s", self.channel.describe())
         if self.broadcast is not None:
             log.info("Compressed downlink: %s", self.broadcast.codec.describe())
         self.strategy.summary()
@@ -112,7 +132,9 @@ class Compressed(Strategy):
                         records.DOWNLINK_VERSION: self.broadcast.version,
                         records.DOWNLINK_BASE: self.broadcast.base_version(record),
                     }
-                traffic.downlink_bytes += sum(len(a.data) for a in record.values())
+                sent = sum(len(a.data) for a in record.values())
+                traffic.downlink_bytes += sent
+                traffic.downlink_bytes_by_node[node] = traffic.downlink_bytes_by_node.get(node, 0) + sent
             for key, record in list(m.content.config_records.items()):
                 m.content[key] = ConfigRecord(dict(record) | instructions)
         return messages
@@ -130,6 +152,9 @@ class Compressed(Strategy):
             except ValueError as e:
                 traffic.dropped[node] = str(e)
         traffic.uplink_bytes = sum(len(p) for p in payloads.values())
+        replica_current: set[int] = set()  # dropped, but holding this round's model
+        if self._network is not None:
+            replica_current = self._apply_channel(server_round, traffic, payloads, by_node)
 
         decoded = self.pool.decode_round(payloads)
         w_global = {k: to_numpy(self._global[k]) for k in records.float_keys(self._global)}
@@ -150,8 +175,8 @@ class Compressed(Strategy):
         )
         for node, reason in traffic.dropped.items():
             log.warning("round %d: client %d dropped: %s", server_round, node, reason)
-            if self.broadcast is not None:
-                self.broadcast.forget(node)
+            if self.broadcast is not None and node not in replica_current:
+                self.broadcast.forget(node)  # its replica may not hold this round's model
 
         arrays, metrics = self.strategy.aggregate_train(server_round, accepted) if accepted else (None, None)
         return arrays, self._round_metrics(metrics, traffic)
@@ -219,6 +244,36 @@ class Compressed(Strategy):
                 arrays[k] = record[k]
         reply.content[key] = ArrayRecord(arrays)
 
+    def _apply_channel(
+        self,
+        server_round: int,
+        traffic: RoundTraffic,
+        payloads: dict[str, bytes],
+        by_node: dict[str, Message],
+    ) -> set[int]:
+        """Send the round over the simulated network and drop (from `payloads`, `by_node`) what
+        it loses; return the dropped nodes whose model arrived."""
+        clients = {node: _client_id(reply) for node, reply in by_node.items()}
+        loads = {}
+        for node, reply in by_node.items():
+            metrics = _first_metrics(reply)
+            loads[clients[node]] = ClientLoad(
+                downlink_bits=8 * traffic.downlink_bytes_by_node.get(int(node), 0),
+                uplink_bits=8 * len(payloads[node]),
+                samples=max(0, int(metrics.get("num-examples", 0))),
+                measured_compute_s=max(0.0, float(metrics.get(records.TRAIN_SECONDS, 0.0))),
+            )
+        report = traffic.channel = self._network.run_round(server_round, loads)
+        model_arrived = set()
+        for node in list(by_node):
+            outcome = report.clients[clients[node]]
+            if not outcome.delivered:
+                traffic.dropped[int(node)] = f"channel: {outcome.reason}"
+                del payloads[node], by_node[node]
+                if not outcome.reason.startswith("downlink"):
+                    model_arrived.add(int(node))
+        return model_arrived
+
     def _round_metrics(self, inner: MetricRecord | None, traffic: RoundTraffic) -> MetricRecord:
         metrics = MetricRecord(dict(inner) if inner else {})
         metrics[records.UPLINK_BYTES] = traffic.uplink_bytes
@@ -226,13 +281,30 @@ class Compressed(Strategy):
         metrics[records.ENCODE_SECONDS] = traffic.encode_seconds
         metrics["flcomp.clients-accepted"] = traffic.accepted
         metrics["flcomp.clients-dropped"] = len(traffic.dropped)
+        if traffic.channel is not None:
+            r = traffic.channel
+            metrics["flcomp.virtual-seconds"] = r.seconds
+            metrics["flcomp.clients-delivered"] = r.delivered
+            metrics["flcomp.clients-lost"] = r.lost
+            metrics["flcomp.uplink-airtime-s"] = r.uplink_airtime_s
+            metrics["flcomp.downlink-airtime-s"] = r.downlink_airtime_s
+            metrics["flcomp.energy-j"] = r.energy_j
         return metrics
+
+
+def _first_metrics(reply: Message) -> MetricRecord:
+    return next(iter(reply.content.metric_records.values()), MetricRecord())
+
+
+def _client_id(reply: Message) -> int:
+    """The client's stable id as its mod reported it, else its node id."""
+    ids = [m[records.CLIENT] for m in reply.content.metric_records.values() if records.CLIENT in m]
+    return int(ids[0]) if ids else reply.metadata.src_node_id
 
 
 def _client_order(reply: Message) -> tuple[int, int]:
     """Aggregation order: the client's stable id, so that sums are reproducible."""
-    ids = [m[records.CLIENT] for m in reply.content.metric_records.values() if records.CLIENT in m]
-    return (int(ids[0]) if ids else -1, reply.metadata.src_node_id)
+    return (_client_id(reply), reply.metadata.src_node_id)
 
 
 def _as_codec(codec: Codec | str) -> Codec:
