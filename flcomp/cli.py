@@ -5,7 +5,8 @@
     flcomp plot RUN_DIR [RUN_DIR ...] -o plot.png       accuracy (or gap) vs uplink bits and vs rounds
     flcomp codecs [CODEC ...]                           every codec on an embedded update stream
 
-Codecs are written as `flcomp.codecs.Codec.parse` reads them, e.g. "topk:ratio=0.001".
+Codecs are written as `flcomp.codecs.Codec.parse` reads them, e.g. "topk:ratio=0.001";
+channels (--channel) as `flcomp.channel.Channel.parse` does, e.g. "urban-sub6:deadline_s=2".
 Runs use Flower's simulation engine on Ray; each writes config.json, rounds.csv and
 summary.json under --out.
 """
@@ -37,6 +38,19 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig()
     run.add_argument("--strategy", choices=sorted(STRATEGIES), default=defaults.strategy)
     run.add_argument("--downlink", default=None, help='downlink codec, e.g. "fp16" (default: none)')
+    run.add_argument(
+        "--channel",
+        default=None,
+        help="simulated wireless network, e.g. urban-sub6, iot-lowpower, "
+        '"urban-sub6:sharing=proportional-fair,loss=packet", "fixed:uplink_bps=1e6", '
+        '"trace:path=bw.csv" (default: none)',
+    )
+    run.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="round deadline in seconds (sets the channel's deadline_s)",
+    )
     run.add_argument("--rounds", type=int, default=defaults.rounds, help=f"default {defaults.rounds}")
     run.add_argument("--fraction", type=float, default=defaults.fraction, help="clients per round (fraction)")
     run.add_argument("--run-seed", type=int, default=defaults.seed, help="seeds sampling and encoders")
@@ -44,6 +58,18 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 127.0.0.1:6379)")
     run.add_argument("--out", type=Path, default=None, help="results directory (default under results/)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def channel_text(args: argparse.Namespace) -> str | None:
+    """The run's channel as text, with --deadline folded in (an ideal network if only it is given)."""
+    from flcomp.channel import Channel
+
+    if args.channel is None and args.deadline is None:
+        return None
+    channel = Channel.parse(args.channel or "ideal")
+    if args.deadline is not None:
+        channel = Channel(channel.name, dataclasses.replace(channel.config, deadline_s=args.deadline))
+    return channel.describe()
 
 
 def run_config(args: argparse.Namespace, codec: str):
@@ -55,6 +81,7 @@ def run_config(args: argparse.Namespace, codec: str):
         task=task,
         codec=codec,
         downlink=args.downlink,
+        channel=channel_text(args),
         strategy=args.strategy,
         rounds=args.rounds,
         fraction=args.fraction,
@@ -99,15 +126,24 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def comparison_table(summaries: dict[str, dict]) -> str:
-    """Markdown: codec, final accuracy (or gap), uplink MB, reduction vs fp32, rounds."""
+    """Markdown: codec, final accuracy (or gap), uplink MB, reduction vs fp32, rounds; with a
+    channel also the virtual time, the clients' energy and the clients lost."""
     baseline = summaries.get("fp32", {}).get("uplink_bytes")
     use_gap = all(s.get("final_accuracy") is None for s in summaries.values())
+    with_channel = all(s.get("virtual_seconds") is not None for s in summaries.values())
     score = "final gap" if use_gap else "final accuracy"
-    lines = [f"| codec | {score} | uplink MB | reduction vs fp32 | rounds |", "|---|---:|---:|---:|---:|"]
+    extra = " virtual s | energy J | dropped |" if with_channel else ""
+    lines = [
+        f"| codec | {score} | uplink MB | reduction vs fp32 | rounds |{extra}",
+        "|---|---:|---:|---:|---:|" + "---:|" * (3 if with_channel else 0),
+    ]
     for codec, s in summaries.items():
         value = f"{s['final_gap']:.3e}" if use_gap else f"{s['final_accuracy']:.4f}"
         reduction = f"{baseline / s['uplink_bytes']:.1f}x" if baseline and s["uplink_bytes"] else "n/a"
-        lines.append(f"| {codec} | {value} | {s['uplink_bytes'] / 1e6:.3f} | {reduction} | {s['rounds']} |")
+        line = f"| {codec} | {value} | {s['uplink_bytes'] / 1e6:.3f} | {reduction} | {s['rounds']} |"
+        if with_channel:
+            line += f" {s['virtual_seconds']:.2f} | {s['energy_j']:.3g} | {s['clients_dropped']} |"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -69,15 +69,27 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
             "3",
             "--rounds",
             "2",
+            "--channel",
+            "iot-lowpower:seconds_per_sample=0.001",
+            "--deadline",
+            "30",
             "--quiet",
             "--out",
             str(tmp_path),
         ]
     )
     out = capsys.readouterr().out
-    assert "| scaled_sign:error_feedback=True |" in out
+    assert "| scaled_sign:error_feedback=True |" in out and "virtual s | energy J |" in out
     assert (tmp_path / "comparison.md").read_text().strip() in out
     assert (tmp_path / "comparison.png").exists()
+    config, rounds, summary = load_run(tmp_path / "00-fp32")
+    assert config["channel"] == "iot-lowpower:deadline_s=30.0,seconds_per_sample=0.001"
+    assert all(r["virtual_seconds"] > 0 and r["energy_j"] > 0 for r in rounds[1:])
+    assert summary["virtual_seconds"] == pytest.approx(sum(r["virtual_seconds"] for r in rounds))
+    # scaled sign sends ~1/32 of fp32's bits over the same 180 kHz links: less airtime
+    _, sign_rounds, _ = load_run(tmp_path / "01-scaled_sign_error_feedback=True")
+    airtime = [sum(r["uplink_airtime_s"] for r in rs[1:]) for rs in (sign_rounds, rounds)]
+    assert airtime[0] < airtime[1] / 10
 
 
 @pytest.mark.slow
@@ -109,6 +121,54 @@ def test_joins_an_existing_ray_cluster(tmp_path):
 def test_run_config_round_trips_through_json():
     config = quick("topk:ratio=0.1", fraction=0.5)
     assert RunConfig.from_dict(json.loads(json.dumps(config.as_dict()))) == config
+
+
+def test_deadline_without_a_channel_means_an_ideal_network():
+    from flcomp.cli import channel_text
+
+    class Args:
+        channel, deadline = None, 2.5
+
+    assert channel_text(Args) == "ideal:deadline_s=2.5"
+    Args.channel, Args.deadline = "urban-sub6:deadline_s=9", 1.0
+    assert channel_text(Args) == "urban-sub6:deadline_s=1.0"
+    Args.channel = Args.deadline = None
+    assert channel_text(Args) is None
+
+
+def test_recorder_sums_virtual_time_and_energy(tmp_path):
+    from flcomp.sim.results import RunRecorder
+
+    recorder = RunRecorder(tmp_path)
+    recorder.start({})
+    recorder.add_round({"round": 0, "uplink_bytes": 0, "virtual_seconds": 0.0, "energy_j": 0.0})
+    recorder.add_round({"round": 1, "uplink_bytes": 10, "virtual_seconds": 1.5, "energy_j": 2.0})
+    row = recorder.add_round({"round": 2, "uplink_bytes": 5, "virtual_seconds": 0.5, "energy_j": 1.0})
+    assert (
+        row["cumulative_uplink_bytes"],
+        row["cumulative_virtual_seconds"],
+        row["cumulative_energy_j"],
+    ) == (
+        15,
+        2.0,
+        3.0,
+    )
+    summary = recorder.finish()
+    assert summary["virtual_seconds"] == 2.0 and summary["energy_j"] == 3.0
+
+
+def test_comparison_table_adds_time_and_energy_with_a_channel():
+    summaries = {
+        "fp32": {
+            "final_accuracy": 0.9,
+            "uplink_bytes": 4_000_000,
+            "rounds": 10,
+            "virtual_seconds": 12.5,
+            "energy_j": 3.25,
+            "clients_dropped": 4,
+        },
+    }
+    assert "| fp32 | 0.9000 | 4.000 | 1.0x | 10 | 12.50 | 3.25 | 4 |" in comparison_table(summaries)
 
 
 def test_comparison_table_reports_reduction_against_fp32():

@@ -58,13 +58,19 @@ def server_app(config: RunConfig, recorder: RunRecorder, on_round: Callable[[dic
         random.seed(config.seed)  # Flower samples clients with the global `random`
         task = load_task(config.task)
         strategy = Compressed(
-            config.inner_strategy(), codec=config.codec, downlink=config.downlink, seed=config.seed
+            config.inner_strategy(),
+            codec=config.codec,
+            downlink=config.downlink,
+            channel=config.channel,
+            seed=config.seed,
         )
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             metrics = task.evaluate([to_numpy(arrays[k]) for k in task.keys])
             traffic = strategy.traffic.get(server_round)
-            row = {"round": server_round, **metrics}
+            row = {"round": server_round, "uplink_bytes": 0, **metrics}
+            if config.channel is not None:
+                row |= {"virtual_seconds": 0.0, "energy_j": 0.0}
             if traffic is not None:
                 row |= {
                     "uplink_bytes": traffic.uplink_bytes,
@@ -72,6 +78,16 @@ def server_app(config: RunConfig, recorder: RunRecorder, on_round: Callable[[dic
                     "clients_accepted": traffic.accepted,
                     "clients_dropped": len(traffic.dropped),
                     "encode_seconds": round(traffic.encode_seconds, 6),
+                }
+            if traffic is not None and traffic.channel is not None:
+                r = traffic.channel
+                row |= {
+                    "virtual_seconds": r.seconds,
+                    "clients_delivered": r.delivered,
+                    "clients_lost": r.lost,
+                    "uplink_airtime_s": r.uplink_airtime_s,
+                    "downlink_airtime_s": r.downlink_airtime_s,
+                    "energy_j": r.energy_j,
                 }
             on_round(recorder.add_round(row))
             return MetricRecord(metrics)

@@ -26,6 +26,9 @@ class RunConfig:
     """Uplink codec, as `flcomp.codecs.Codec.parse` reads it."""
     downlink: str | None = None
     """Downlink codec for the server's broadcast (None: the model is sent as it is)."""
+    channel: str | None = None
+    """Simulated wireless network, as `flcomp.channel.Channel.parse` reads it (None: no
+    network; rounds then have no virtual time or energy)."""
     strategy: str = "fedavg"
     """Inner Flower strategy: one of STRATEGIES."""
     rounds: int = 20

@@ -16,13 +16,27 @@ ROUND_COLUMNS = [
     "clients_accepted",
     "clients_dropped",
     "encode_seconds",
+    "virtual_seconds",
+    "cumulative_virtual_seconds",
+    "clients_delivered",
+    "clients_lost",
+    "uplink_airtime_s",
+    "downlink_airtime_s",
+    "energy_j",
+    "cumulative_energy_j",
     "loss",
     "accuracy",
     "gap",
     "wall_seconds",
 ]
 """rounds.csv's columns; round 0 is the initial model (no traffic). Bytes are the
-payloads' real lengths; `gap` is the relative objective gap (synthetic tasks only)."""
+payloads' real lengths; `gap` is the relative objective gap (synthetic tasks only).
+With a channel: the round's virtual seconds, the clients whose update arrived in
+time or did not, airtimes summed over clients (s) and the clients' energy (J)."""
+
+
+_CUMULATIVE = ("uplink_bytes", "virtual_seconds", "energy_j")
+"""Columns summed over the rounds so far (into cumulative_<column>) when a row has them."""
 
 
 @dataclass
@@ -41,10 +55,14 @@ class RunRecorder:
 
     def add_round(self, row: dict) -> dict:
         """Append a row (missing columns stay empty); returns it with the derived columns."""
-        previous = self.rows[-1]["cumulative_uplink_bytes"] if self.rows else 0
+        last = self.rows[-1] if self.rows else {}
         row = {
             **row,
-            "cumulative_uplink_bytes": previous + row.get("uplink_bytes", 0),
+            **{
+                f"cumulative_{k}": last.get(f"cumulative_{k}", 0) + row.get(k, 0)
+                for k in _CUMULATIVE
+                if k in row
+            },
             "wall_seconds": round(time.perf_counter() - self._start, 3),
         }
         self.rows.append(row)
@@ -63,6 +81,8 @@ class RunRecorder:
             "uplink_bytes": last["cumulative_uplink_bytes"],
             "downlink_bytes": sum(r.get("downlink_bytes", 0) for r in self.rows),
             "clients_dropped": sum(r.get("clients_dropped", 0) for r in self.rows),
+            "virtual_seconds": last.get("cumulative_virtual_seconds"),
+            "energy_j": last.get("cumulative_energy_j"),
             "wall_seconds": last["wall_seconds"],
         }
         (self.directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
