@@ -42,11 +42,23 @@ EXTRA_CONFIGS = [
     codec("lag", rule="relative", xi=0.5),
     codec("powersgd", rank=2),
     codec("powersgd", warm_start=False),
+    # GD-SEC with fp16 values, with its fixed-fraction rule, and with an absolute
+    # threshold and a reference that follows half of each transmission.
+    codec("gdsec", value_dtype="float16"),
+    codec("gdsec", rule="topk", ratio=0.1),
+    codec("gdsec", rule="absolute", threshold=0.5, beta=0.5),
     # Not in the default configs' paths: several QSGD buckets per tensor with a
     # ragged last one, bitmap-coded top-k positions, error feedback around QSGD.
     codec("qsgd", levels=3, bucket_size=7),
     codec("topk", ratio=0.5),
     codec("qsgd", error_feedback=True),
+    # SignXOR with the rate-distortion step on, and without error feedback.
+    codec("signxor", lam=0.5),
+    codec("signxor", error_feedback=False),
+    # TPC per tensor with a shorter memory; TPC coding its residual with top-k (and
+    # top-k's error feedback on the residual, under TPC's state).
+    codec("tpc", per_tensor=True, memory=2),
+    codec("tpc", inner="topk:ratio=0.1"),
 ]
 
 CONFIGS = [codec(name) for name in NAMES] + EXTRA_CONFIGS

@@ -548,7 +548,9 @@ def test_describe_parses_back_to_the_same_codec(c):
     assert Codec.parse(c.describe()) == c
 
 
-@pytest.mark.parametrize("c", [c for c in LOSSY_CONFIGS if c.name != "lag"], ids=config_id)
+# LAG and TPC send the update as it is in their first round (LAG's full update, TPC's
+# warm-up residual against an empty memory), a byte or two above fp32.
+@pytest.mark.parametrize("c", [c for c in LOSSY_CONFIGS if c.name not in ("lag", "tpc")], ids=config_id)
 def test_lossy_codecs_compress_below_fp32(c, rng):
     payload = c.encoder(SPEC).encode(random_update(rng))
     assert len(payload) < HEADER_BYTES + 4 * SPEC.size

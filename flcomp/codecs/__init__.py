@@ -12,7 +12,7 @@ Pure NumPy (plus constriction for range coding): no Flower, no Ray, no torch.
 """
 
 # Importing a codec module registers it: this list is the registry's contents.
-from flcomp.codecs import floats, lag, powersgd, qsgd, randomk, scaled_sign, topk  # noqa: F401
+from flcomp.codecs import floats, gdsec, lag, powersgd, qsgd, randomk, scaled_sign, signxor, topk, tpc  # noqa: F401
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step, TensorCompressor
 from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder, RoundDecoding
 from flcomp.codecs.error_feedback import ErrorFeedback
