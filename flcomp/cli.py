@@ -54,6 +54,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--rounds", type=int, default=defaults.rounds, help=f"default {defaults.rounds}")
     run.add_argument("--fraction", type=float, default=defaults.fraction, help="clients per round (fraction)")
     run.add_argument("--run-seed", type=int, default=defaults.seed, help="seeds sampling and encoders")
+    run.add_argument(
+        "--engine",
+        choices=["ray", "inline"],
+        default=defaults.engine,
+        help="ray: Flower's simulation engine; inline: one process, fast for many short rounds",
+    )
     run.add_argument("--client-cpus", type=float, default=defaults.client_cpus, help="Ray CPUs per client")
     run.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 127.0.0.1:6379)")
     run.add_argument("--out", type=Path, default=None, help="results directory (default under results/)")
@@ -86,6 +92,7 @@ def run_config(args: argparse.Namespace, codec: str):
         rounds=args.rounds,
         fraction=args.fraction,
         seed=args.run_seed,
+        engine=args.engine,
         client_cpus=args.client_cpus,
         ray_address=args.ray_address,
     )

@@ -1,4 +1,4 @@
-"""The client mod and the strategy wrapper, driven in-process through `LocalGrid` (no Ray)."""
+"""The client mod and the strategy wrapper, driven in-process through `InlineGrid` (no Ray)."""
 
 import logging
 import random
@@ -8,10 +8,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
-from local_grid import LocalGrid
 
 from flcomp.clients import compression_mod, records
 from flcomp.codecs import Codec
+from flcomp.sim.inline import InlineGrid
 from flcomp.strategies import Compressed
 
 SIZE = 64
@@ -44,7 +44,7 @@ def initial() -> ArrayRecord:
 
 def run(strategy, app: ClientApp, rounds: int = 3, seed: int = 0):
     random.seed(seed)  # Flower samples nodes with the global `random`
-    grid = LocalGrid(app, NODES)
+    grid = InlineGrid(app, NODES, first_node_id=101)
     return strategy.start(grid=grid, initial_arrays=initial(), num_rounds=rounds), grid
 
 

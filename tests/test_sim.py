@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -93,6 +94,22 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_inline_engine_matches_flowers_simulation_engine(tmp_path):
+    run(quick("qsgd:levels=4", seed=2), tmp_path / "ray", progress=False)
+    run(quick("qsgd:levels=4", seed=2, engine="inline"), tmp_path / "inline", progress=False)
+    assert stable_rows(tmp_path / "ray") == stable_rows(tmp_path / "inline")
+
+
+def test_inline_runs_with_client_sampling_are_reproducible(tmp_path):
+    config = quick("topk:ratio=0.1", fraction=0.5, engine="inline", channel="urban-sub6:loss=packet")
+    a = run(config, tmp_path / "a", progress=False)
+    run(config, tmp_path / "b", progress=False)
+    assert a["rounds"] == 3 and stable_rows(tmp_path / "a") == stable_rows(tmp_path / "b")
+    _, rounds, _ = load_run(tmp_path / "a")
+    assert all(r["clients_accepted"] + r["clients_dropped"] == 2 for r in rounds[1:])
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not on PATH")
 def test_joins_an_existing_ray_cluster(tmp_path):
     port = "26379"
@@ -178,3 +195,16 @@ def test_comparison_table_reports_reduction_against_fp32():
     }
     table = comparison_table(summaries)
     assert "| topk | 0.8000 | 0.050 | 80.0x | 10 |" in table
+
+
+def test_wireless_deadline_example_prints_both_scenarios(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "examples/wireless_deadline.py", "--rounds", "3", "--target", "0.5"]
+        + ["--engine", "inline", "--quiet", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    assert "### urban-sub6" in out and "### iot-lowpower" in out and "| scaled_sign |" in out
+    assert (tmp_path / "report.md").read_text().strip() in out

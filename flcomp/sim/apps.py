@@ -49,50 +49,55 @@ def client_app(config: TaskConfig) -> ClientApp:
 
 
 def server_app(config: RunConfig, recorder: RunRecorder, on_round: Callable[[dict], None]) -> ServerApp:
-    """A ServerApp running `Compressed(inner strategy)`; after every round it evaluates the
-    global model centrally and hands the round's row to `recorder` and `on_round`."""
+    """A ServerApp that runs `serve`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        random.seed(config.seed)  # Flower samples clients with the global `random`
-        task = load_task(config.task)
-        strategy = Compressed(
-            config.inner_strategy(),
-            codec=config.codec,
-            downlink=config.downlink,
-            channel=config.channel,
-            seed=config.seed,
-        )
-
-        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            metrics = task.evaluate([to_numpy(arrays[k]) for k in task.keys])
-            traffic = strategy.traffic.get(server_round)
-            row = {"round": server_round, "uplink_bytes": 0, **metrics}
-            if config.channel is not None:
-                row |= {"virtual_seconds": 0.0, "energy_j": 0.0}
-            if traffic is not None:
-                row |= {
-                    "uplink_bytes": traffic.uplink_bytes,
-                    "downlink_bytes": traffic.downlink_bytes,
-                    "clients_accepted": traffic.accepted,
-                    "clients_dropped": len(traffic.dropped),
-                    "encode_seconds": round(traffic.encode_seconds, 6),
-                }
-            if traffic is not None and traffic.channel is not None:
-                r = traffic.channel
-                row |= {
-                    "virtual_seconds": r.seconds,
-                    "clients_delivered": r.delivered,
-                    "clients_lost": r.lost,
-                    "uplink_airtime_s": r.uplink_airtime_s,
-                    "downlink_airtime_s": r.downlink_airtime_s,
-                    "energy_j": r.energy_j,
-                }
-            on_round(recorder.add_round(row))
-            return MetricRecord(metrics)
-
-        initial = ArrayRecord({k: Array(a) for k, a in zip(task.keys, task.initial_arrays())})
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=config.rounds, evaluate_fn=evaluate)
+        serve(grid, config, recorder, on_round)
 
     return app
+
+
+def serve(grid: Grid, config: RunConfig, recorder: RunRecorder, on_round: Callable[[dict], None]) -> None:
+    """Run `Compressed(inner strategy)` on `grid`; after every round evaluate the global model
+    centrally and hand the round's row to `recorder` and `on_round`."""
+    random.seed(config.seed)  # Flower samples clients with the global `random`
+    task = load_task(config.task)
+    strategy = Compressed(
+        config.inner_strategy(),
+        codec=config.codec,
+        downlink=config.downlink,
+        channel=config.channel,
+        seed=config.seed,
+    )
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = task.evaluate([to_numpy(arrays[k]) for k in task.keys])
+        traffic = strategy.traffic.get(server_round)
+        row = {"round": server_round, "uplink_bytes": 0, **metrics}
+        if config.channel is not None:
+            row |= {"virtual_seconds": 0.0, "energy_j": 0.0}
+        if traffic is not None:
+            row |= {
+                "uplink_bytes": traffic.uplink_bytes,
+                "downlink_bytes": traffic.downlink_bytes,
+                "clients_accepted": traffic.accepted,
+                "clients_dropped": len(traffic.dropped),
+                "encode_seconds": round(traffic.encode_seconds, 6),
+            }
+        if traffic is not None and traffic.channel is not None:
+            r = traffic.channel
+            row |= {
+                "virtual_seconds": r.seconds,
+                "clients_delivered": r.delivered,
+                "clients_lost": r.lost,
+                "uplink_airtime_s": r.uplink_airtime_s,
+                "downlink_airtime_s": r.downlink_airtime_s,
+                "energy_j": r.energy_j,
+            }
+        on_round(recorder.add_round(row))
+        return MetricRecord(metrics)
+
+    initial = ArrayRecord({k: Array(a) for k, a in zip(task.keys, task.initial_arrays())})
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=config.rounds, evaluate_fn=evaluate)

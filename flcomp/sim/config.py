@@ -15,6 +15,7 @@ STRATEGIES: dict[str, tuple[type[Strategy], dict]] = {
     "fedprox": (FedProx, {"proximal_mu": 0.01}),
 }
 """Inner strategies by name: the Flower class and its arguments beyond client sampling."""
+ENGINES = ("ray", "inline")
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,14 @@ class RunConfig:
     rounds: int = 20
     fraction: float = 1.0
     """Fraction of the clients instructed each round. Below 1, which clients are drawn
-    depends on the node ids Flower's simulation assigns at random, so only runs with
-    fraction 1 are reproducible to the bit."""
+    depends on the node ids Flower's simulation assigns at random, so on the Ray engine
+    only runs with fraction 1 are reproducible to the bit (the inline engine's are all)."""
     seed: int = 0
     """Seeds node sampling and the clients' encoders (the task has its own seed)."""
+    engine: str = "ray"
+    """"ray": Flower's simulation engine (clients in Ray actors, as in any Flower
+    simulation); "inline": the same ServerApp and ClientApp in one process, clients one
+    after another (`flcomp.sim.inline`), much faster for many short rounds."""
     client_cpus: float = 1.0
     """Ray CPUs per simulated client: 1 runs two clients at a time on a 2-core machine."""
     ray_address: str | None = None
@@ -46,6 +51,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; one of {ENGINES}")
         if self.rounds < 1 or not 0 < self.fraction <= 1:
             raise ValueError("a run needs rounds ≥ 1 and a fraction in (0, 1]")
 

@@ -1,4 +1,4 @@
-"""Run simulations with Flower's simulation engine on Ray, and compare runs."""
+"""Run simulations with Flower's simulation engine on Ray (or inline, in one process)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from flwr.simulation import run_simulation
 
-from flcomp.sim.apps import client_app, server_app
+from flcomp.sim.apps import client_app, serve, server_app
 from flcomp.sim.config import RunConfig
+from flcomp.sim.inline import InlineGrid
 from flcomp.sim.results import RunRecorder
 
 QUIET_ENVIRONMENT = {
@@ -56,16 +57,22 @@ def run(config: RunConfig, directory: Path, progress: bool = True) -> dict:
     logging.getLogger("flwr").setLevel(os.environ["FLWR_LOG_LEVEL"])
     recorder = RunRecorder(Path(directory))
     recorder.start(config.as_dict())
-    init_args = {"address": config.ray_address} if config.ray_address else {"num_cpus": os.cpu_count() or 1}
-    run_simulation(
-        server_app=server_app(config, recorder, ProgressBar(config.codec, config.rounds, progress)),
-        client_app=client_app(config.task),
-        num_supernodes=config.task.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": config.client_cpus, "num_gpus": 0.0},
-            "init_args": init_args,
-        },
-    )
+    progress_bar = ProgressBar(config.codec, config.rounds, progress)
+    if config.engine == "inline":
+        serve(InlineGrid(client_app(config.task), config.task.num_clients), config, recorder, progress_bar)
+    else:
+        init_args = (
+            {"address": config.ray_address} if config.ray_address else {"num_cpus": os.cpu_count() or 1}
+        )
+        run_simulation(
+            server_app=server_app(config, recorder, progress_bar),
+            client_app=client_app(config.task),
+            num_supernodes=config.task.num_clients,
+            backend_config={
+                "client_resources": {"num_cpus": config.client_cpus, "num_gpus": 0.0},
+                "init_args": init_args,
+            },
+        )
     if not recorder.rows or recorder.rows[-1]["round"] != config.rounds:
         raise RuntimeError(f"the simulation of {config.codec} stopped before round {config.rounds}")
     return recorder.finish()
