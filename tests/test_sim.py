@@ -208,3 +208,15 @@ def test_wireless_deadline_example_prints_both_scenarios(tmp_path):
     ).stdout
     assert "### urban-sub6" in out and "### iot-lowpower" in out and "| scaled_sign |" in out
     assert (tmp_path / "report.md").read_text().strip() in out
+
+
+def test_results_sections_are_replaced_in_place(tmp_path):
+    from flcomp.sim.results import write_section
+
+    path = tmp_path / "RESULTS.md"
+    write_section(path, "tpc", "## TPC\nold")
+    write_section(path, "gdsec", "## GD-SEC\nkept")
+    write_section(path, "tpc", "## TPC\nnew")
+    text = path.read_text()
+    assert text.startswith("# Results") and "new" in text and "old" not in text and "kept" in text
+    assert text.index("## TPC") < text.index("## GD-SEC")
