@@ -52,4 +52,5 @@ def from_numpy(x: np.ndarray) -> Array:
     if x.dtype.kind not in "biuf" or x.dtype.fields is not None or not x.flags.c_contiguous:
         return Array(x)
     header = _header(np.lib.format.dtype_to_descr(x.dtype), x.shape)
-    return Array(dtype=str(x.dtype), shape=x.shape, stype=_NUMPY_STYPE, data=header + x.tobytes())
+    data = b"".join([header, x.data])  # one copy (header + x.tobytes() makes two)
+    return Array(dtype=str(x.dtype), shape=x.shape, stype=_NUMPY_STYPE, data=data)

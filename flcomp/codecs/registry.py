@@ -52,9 +52,12 @@ class Codec:
         return REGISTRY[self.name]
 
     def compressor(self, spec: ModelSpec) -> Compressor:
-        """The codec's math for `spec`, wrapped in error feedback if configured."""
-        c = self.compressor_class(spec, self.config)
-        return ErrorFeedback(c) if self.error_feedback else c
+        """The codec's math for `spec`, wrapped in error feedback if configured.
+
+        Compressors hold no state, so one per (codec, spec) serves every endpoint: a
+        client's mod rebuilds its encoder on every instruction.
+        """
+        return _compressor(self, spec)
 
     def encoder(self, spec: ModelSpec, seed: int = 0) -> Encoder:
         """A client-side encoder in the initial state."""
@@ -84,6 +87,12 @@ class Codec:
         Every train instruction carries its codec as text, so parses are cached.
         """
         return _parse(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _compressor(codec: Codec, spec: ModelSpec) -> Compressor:
+    c = codec.compressor_class(spec, codec.config)
+    return ErrorFeedback(c) if codec.error_feedback else c
 
 
 @functools.lru_cache(maxsize=256)
