@@ -174,7 +174,9 @@ class Compressed(Strategy):
             for m in r.content.metric_records.values()
         )
         for node, reason in traffic.dropped.items():
-            log.warning("round %d: client %d dropped: %s", server_round, node, reason)
+            # Channel losses are the simulated network at work; anything else is a fault.
+            level = logging.INFO if reason.startswith("channel: ") else logging.WARNING
+            log.log(level, "round %d: client %d dropped: %s", server_round, node, reason)
             if self.broadcast is not None and node not in replica_current:
                 self.broadcast.forget(node)  # its replica may not hold this round's model
 

@@ -48,7 +48,8 @@ def load_arrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> None:
         for (key, tensor), array in zip(state.items(), arrays):
             if tuple(np.shape(array)) != tuple(tensor.shape):
                 raise ValueError(f"{key}: expected shape {tuple(tensor.shape)}, got {np.shape(array)}")
-            tensor.copy_(torch.from_numpy(np.asarray(array)))
+            # torch.tensor copies, so read-only arrays (views of Flower Arrays) are fine
+            tensor.copy_(torch.tensor(np.asarray(array)))
 
 
 class Task:
