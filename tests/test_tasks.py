@@ -333,3 +333,12 @@ def test_distributed_gd_closes_the_gap(config: TaskConfig) -> None:
     for server_round in range(1, 201):
         arrays = fedavg(task, arrays, server_round)
     assert -1e-12 < task.evaluate(arrays)["gap"] < 1e-4
+
+
+def test_digits_logistic_regression_has_a_known_optimum_only_with_weight_decay():
+    with_decay = Task(TaskConfig(dataset="digits", model="logreg", weight_decay=0.1))
+    optimum = with_decay.optimal_arrays()
+    assert with_decay.evaluate(optimum)["gap"] == pytest.approx(0.0, abs=1e-9)
+    assert with_decay.evaluate(with_decay.initial_arrays())["gap"] == pytest.approx(1.0)
+    assert "gap" not in Task(TaskConfig(dataset="digits", model="logreg")).evaluate(optimum)
+    assert Task(TaskConfig(dataset="digits", model="mlp", weight_decay=0.1)).optimum is None

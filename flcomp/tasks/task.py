@@ -13,7 +13,7 @@ from flcomp.tasks.datasets import DATASETS, Data
 from flcomp.tasks.models import MODELS
 from flcomp.tasks.objective import PROBLEMS, mean_metrics, penalty
 from flcomp.tasks.partition import partition_indices
-from flcomp.tasks.reference import SOLVERS, Solution
+from flcomp.tasks.reference import ONLY_WITH_WEIGHT_DECAY, SOLVERS, Solution
 from flcomp.tasks.training import MODES, sgd, single_thread
 
 
@@ -29,10 +29,10 @@ def client_partitions(
 
 
 @cache
-def reference_solution(dataset: str, seed: int, weight_decay: float) -> Solution | None:
-    """The known minimiser of the full training objective (None when the dataset has none)."""
-    solver = SOLVERS.get(dataset)
-    if solver is None:
+def reference_solution(dataset: str, model: str, seed: int, weight_decay: float) -> Solution | None:
+    """The known minimiser of the full training objective (None when the task has none)."""
+    solver = SOLVERS.get((dataset, model))
+    if solver is None or ((dataset, model) in ONLY_WITH_WEIGHT_DECAY and weight_decay <= 0):
         return None
     data = DATASETS[dataset].load(seed, None)
     return solver(data.x_train, data.y_train, weight_decay)
@@ -144,7 +144,7 @@ class Task:
 
     @cached_property
     def _solution(self) -> Solution | None:
-        return reference_solution(self.config.dataset, self.config.seed, self.weight_decay)
+        return reference_solution(self.config.dataset, self.config.model, self.config.seed, self.weight_decay)
 
     @cached_property
     def _initial_objective(self) -> float:
