@@ -52,6 +52,6 @@ class InlineGrid(Grid):
         return replies
 
     def _not_inline(self, *args, **kwargs):
-        raise NotImplementedError("InlineGrid serves send_and_receive and get_node_ids only")
+        raise RuntimeError("InlineGrid serves send_and_receive and get_node_ids only (what strategies use)")
 
     create_message = get_nodes = pull_messages = push_messages = run = set_run = _not_inline
