@@ -68,17 +68,38 @@ def test_positions_refuse_a_count_the_bitmap_does_not_hold():
         positions.decode_positions(PayloadReader(data), 499, 1000)
 
 
-@pytest.mark.parametrize("p", [0.0, 0.02, 0.5, 1.0])
-def test_range_coded_bits_round_trip_near_entropy(p):
+def bit_entropy(q: float) -> float:
+    return 0.0 if q in (0.0, 1.0) else float(-(q * np.log2(q) + (1 - q) * np.log2(1 - q)))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.02, 0.3, 0.5, 1.0])
+def test_bit_vectors_round_trip_near_entropy(p):
     n = 100_000
     bits = np.random.default_rng(3).random(n) < p
-    data = written(entropy.encode_bits, bits)
+    data = written(entropy.encode_bit_vectors, [(np.packbits(bits), n)])
     body = PayloadReader(data)
-    assert np.array_equal(entropy.decode_bits(body, n), bits)
+    (packed,) = entropy.decode_bit_vectors(body, [n])
+    assert np.array_equal(np.unpackbits(packed, count=n).astype(bool), bits)
     body.finish()
-    q = bits.mean()
-    h = 0.0 if q in (0.0, 1.0) else -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
-    assert 8 * len(data) <= 1.01 * h * n + 128
+    assert 8 * len(data) <= 1.01 * bit_entropy(bits.mean()) * n + 128
+    if 0.45 < p < 0.55:
+        assert len(data) == 4 + n // 8, "near one bit an entry, the bits travel packed"
+
+
+def test_several_bit_vectors_share_one_stream():
+    """Vectors of ragged sizes and different rates: constant, raw and range coded, in one payload."""
+    rng = np.random.default_rng(7)
+    vectors = [
+        rng.random(n) < q for n, q in [(0, 0.1), (1, 1.0), (13, 0.2), (700, 0.5), (5001, 0.05), (9, 0.0)]
+    ]
+    data = written(entropy.encode_bit_vectors, [(np.packbits(v), len(v)) for v in vectors])
+    body = PayloadReader(data)
+    decoded = entropy.decode_bit_vectors(body, [len(v) for v in vectors])
+    body.finish()
+    for v, packed in zip(vectors, decoded):
+        assert np.array_equal(packed, np.packbits(v))
+    entropy_bits = sum(len(v) * bit_entropy(v.mean()) for v in vectors if len(v))
+    assert 8 * len(data) <= entropy_bits + 8 * (4 * len(vectors) + 4 + 8) + 700 * 0.02
 
 
 def test_range_coded_symbols_round_trip_near_entropy():
@@ -94,10 +115,27 @@ def test_range_coded_symbols_round_trip_near_entropy():
     assert 8 * len(data) <= 1.01 * h * n + 8 * 4 * alphabet + 128
 
 
-def test_range_decoder_refuses_words_that_break_the_histogram():
-    n = 10_000
-    bits = np.random.default_rng(5).random(n) < 0.1
-    data = bytearray(written(entropy.encode_bits, bits))
-    data[10] ^= 0xFF
+@pytest.mark.parametrize("q", [0.1, 0.5])
+def test_bit_vector_decoder_refuses_bits_that_break_the_count(q):
+    n = 10_001
+    bits = np.random.default_rng(5).random(n) < q
+    data = bytearray(written(entropy.encode_bit_vectors, [(np.packbits(bits), n)]))
+    refused = 0
+    for k in range(8, len(data)):
+        forged = data.copy()
+        forged[k] ^= 0x10  # one bit: raw bits change their count, range-coded ones their decoding
+        try:
+            entropy.decode_bit_vectors(PayloadReader(memoryview(bytes(forged))), [n])
+        except PayloadError:
+            refused += 1
+    assert refused >= 0.8 * (len(data) - 8)
+
+
+def test_bit_vector_decoder_refuses_set_padding_bits():
+    n = 1003  # 5 padding bits; 501 ones: raw
+    bits = np.arange(n) % 2 == 0
+    data = bytearray(written(entropy.encode_bit_vectors, [(np.packbits(bits), n)]))
+    data[-1] |= 0x01
+    data[-2] &= 0xFE  # keep the count of ones
     with pytest.raises(PayloadError):
-        entropy.decode_bits(PayloadReader(memoryview(bytes(data))), n)
+        entropy.decode_bit_vectors(PayloadReader(memoryview(bytes(data))), [n])

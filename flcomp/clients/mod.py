@@ -5,7 +5,7 @@
 On a train instruction from a `Compressed` strategy, the mod rebuilds the global
 model from a compressed broadcast when the server sends one (`receive_broadcast`),
 settles its encoder's pending step against the server's decoder fingerprint, lets
-the app train, encodes
+the app train, encodes (with the codec's side information, when the server sent any)
 Δ = w_global − w_local of the floating-point arrays and replaces the reply's
 ArrayRecord with the payload (integer arrays travel as they are). The encoder's
 state stays in `context.state` between rounds. Instructions without an flcomp
@@ -54,6 +54,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     ctx = RoundContext(
         num_clients=max(1, int(config.get(records.NUM_CLIENTS, 1))),
         model_change_sq=tuple(float(c) for c in config.get(records.MODEL_CHANGE_SQ, [])),
+        side=bytes(config.get(records.SIDE, b"")),
     )
     start = time.perf_counter()
     payload = encoder.encode(update, ctx)

@@ -3,8 +3,9 @@
 The server's wrapper (`flcomp.strategies.Compressed`) adds to each train
 instruction's ConfigRecord the codec (as `Codec.describe()` text), the
 fingerprint of that client's decoder (so the client can settle its pending step
-with `Encoder.sync`), the number of clients in the round and the recent model
-changes (for event-triggered codecs). The client's mod answers with one Array of
+with `Encoder.sync`), the number of clients in the round, the recent model
+changes (for event-triggered codecs) and, for codecs whose server plans the
+round (LGC), that client's side information. The client's mod answers with one Array of
 stype "flcomp/<codec>" holding the payload's bytes, beside any non-float arrays
 of the model (integer buffers travel as they are).
 """
@@ -36,6 +37,9 @@ DOWNLINK_BASE = "flcomp.downlink-base"
 """ConfigRecord key: the replica version a downlink payload applies to (-1: a key frame)."""
 SEED = "flcomp.seed"
 """ConfigRecord key: the run's seed, from which each client's encoder seed derives."""
+SIDE = "flcomp.side"
+"""ConfigRecord key: side information for the client's encoder from the codec's server
+(bytes, `RoundContext.side`); absent when the codec plans none."""
 
 PAYLOAD = "flcomp.payload"
 """ArrayRecord key of the payload in a reply."""

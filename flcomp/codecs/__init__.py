@@ -1,6 +1,7 @@
 """flcomp.codecs: the compressors, their wire format and the loss-safe link protocol.
 
-Pure NumPy (plus constriction for range coding): no Flower, no Ray, no torch.
+Pure NumPy (plus constriction for range coding): no Flower, no Ray; torch only in LGC's
+autoencoder (`lgc_autoencoder`), imported when an LGC server or leader needs it.
 
     from flcomp.codecs import ModelSpec, codec
     spec = ModelSpec.of(params)                       # shapes and dtypes of the update
@@ -12,7 +13,19 @@ Pure NumPy (plus constriction for range coding): no Flower, no Ray, no torch.
 """
 
 # Importing a codec module registers it: this list is the registry's contents.
-from flcomp.codecs import floats, gdsec, lag, powersgd, qsgd, randomk, scaled_sign, signxor, topk, tpc  # noqa: F401
+from flcomp.codecs import (  # noqa: F401
+    floats,
+    gdsec,
+    lag,
+    lgc,
+    powersgd,
+    qsgd,
+    randomk,
+    scaled_sign,
+    signxor,
+    topk,
+    tpc,
+)
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step, TensorCompressor
 from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder, RoundDecoding
 from flcomp.codecs.error_feedback import ErrorFeedback

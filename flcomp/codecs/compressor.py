@@ -8,6 +8,8 @@ explicitly, split in two:
 - *local* state, which only the encoder keeps (error-feedback memory, a warm start).
 
 Both are flat `dict[str, np.ndarray]`, so they fit in Flower records as they are.
+A codec whose server plans each round also receives *side information* with the
+step (`RoundContext.side`, folded in by `receive` on both ends).
 The endpoints in `flcomp.codecs.endpoints` add the header, the fingerprint and the
 commit/rollback protocol around it; a compressor only writes and reads its body.
 
@@ -19,13 +21,18 @@ the same body and shared state, bit for bit, so both sides stay in sync.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.spec import ModelSpec, TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
+
+if TYPE_CHECKING:
+    from flcomp.codecs.endpoints import Decoder, DecoderPool
 
 State = dict[str, np.ndarray]
 
@@ -39,7 +46,8 @@ class NoConfig:
 class RoundContext:
     """What an encoder may know besides the update, from broadcasts both sides saw.
 
-    Event-triggered codecs (LAG, GD-SEC) set their thresholds from it; the others
+    Event-triggered codecs (LAG, GD-SEC) set their thresholds from it; codecs whose
+    server plans the round (LGC) get their part of the plan in `side`; the others
     ignore it.
     """
 
@@ -49,6 +57,10 @@ class RoundContext:
     """The server's step size α."""
     model_change_sq: tuple[float, ...] = ()
     """‖w(t+1−d) − w(t−d)‖² for d = 1, 2, ..., newest first."""
+    side: bytes = b""
+    """Side information from the server's side of the codec for this step (what
+    `DecoderPool.plan_round` planned for this client, carried by the instruction),
+    b"" for none. The encoder folds it into the step with `Compressor.receive`."""
 
     def __post_init__(self) -> None:
         if self.num_clients < 1 or not self.lr >= 0 or any(not c >= 0 for c in self.model_change_sq):
@@ -77,6 +89,8 @@ class Compressor(ABC):
     """True when decode(encode(x)) == x bit for bit (float32 updates)."""
     error_feedback: ClassVar[bool] = False
     """Whether `flcomp.codecs.codec()` wraps it in error feedback unless told otherwise."""
+    own_error_feedback: ClassVar[bool] = False
+    """True when the codec keeps its own error memory (LGC): the generic wrapper is refused."""
 
     def __init__(self, spec: ModelSpec, config: Any) -> None:
         self.spec = spec
@@ -89,6 +103,30 @@ class Compressor(ABC):
     def initial_local(self) -> State:
         """Encoder-only state at the start."""
         return {}
+
+    def receive(self, side: bytes, shared: State) -> State:
+        """The shared state a step starts from, given the server's side information.
+
+        Codecs whose server plans each round (LGC: roles, an index set, model weights)
+        send it along with the instruction; both endpoints call this with the same
+        bytes before encoding or decoding the step, so it becomes part of the step:
+        kept by `commit()`, dropped by `rollback()`, and mixed into the fingerprint.
+        Must validate `side` (PayloadError on anything malformed) and must not
+        modify `shared` in place. Codecs without side information refuse any.
+        """
+        if side:
+            raise PayloadError(f"codec {self.name!r} takes no side information")
+        return shared
+
+    def decoder_pool(self, make_decoder: Callable[[], Decoder], seed: int = 0) -> DecoderPool:
+        """The server side for many clients: a `DecoderPool` of `make_decoder()` decoders.
+
+        Codecs that plan rounds or decode clients jointly return a subclass, seeded
+        by `seed` (the run's) where they draw anything.
+        """
+        from flcomp.codecs.endpoints import DecoderPool  # endpoints imports this module
+
+        return DecoderPool(make_decoder)
 
     @abstractmethod
     def encode(

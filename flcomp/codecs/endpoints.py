@@ -7,8 +7,10 @@ shared state, a hash chain over the CRCs of the payloads they committed:
 
     fingerprint' = blake2b(fingerprint ‖ payload CRC)[:4]        (0 at the start)
 
-Each payload carries the sender's fingerprint, and the decoder refuses (with
-`StateMismatchError`) a payload encoded against a state it does not hold. The
+where a step that came with side information from the server (`RoundContext.side`,
+planned by `DecoderPool.plan_round`) extends the CRC over those bytes, so the chain
+covers it too. Each payload carries the sender's fingerprint, and the decoder refuses
+(with `StateMismatchError`) a payload encoded against a state it does not hold. The
 recovery is a *key frame*: a payload flagged as depending on no past state, before
 which both sides reset their shared state (local state, e.g. error feedback, is kept).
 
@@ -22,6 +24,7 @@ client restored from an old checkpoint).
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -101,6 +104,7 @@ class Encoder:
         x = self.compressor.spec.check(update)
         key_frame = key_frame or self.key_frame_requested
         shared = self.compressor.initial_shared() if key_frame else self.shared
+        shared = self.compressor.receive(ctx.side, shared)
         base_fingerprint = INITIAL_FINGERPRINT if key_frame else self.fingerprint
         out = PayloadWriter()
         rng = np.random.default_rng((self.seed, self.steps))
@@ -112,7 +116,9 @@ class Encoder:
             )
         header = Header(self.compressor.codec_id, key_frame, base_fingerprint, len(x))
         payload, crc = pack(header, out.chunks)
-        self._pending = _Pending(step.shared, step.local, next_fingerprint(base_fingerprint, crc))
+        self._pending = _Pending(
+            step.shared, step.local, next_fingerprint(base_fingerprint, _crc(crc, ctx.side))
+        )
         return payload
 
     def commit(self) -> None:
@@ -202,9 +208,10 @@ class Decoder:
         """Whether a decoded step awaits `commit()` or `rollback()`."""
         return self._pending is not None
 
-    def decode(self, payload: bytes) -> list[np.ndarray]:
+    def decode(self, payload: bytes, side: bytes = b"") -> list[np.ndarray]:
         """Decode a payload into arrays shaped as the spec; the step stays pending.
 
+        `side` is the side information the encoder was sent for this step (b"": none).
         Raises PayloadError (StateMismatchError for a fingerprint mismatch) and then
         leaves the state untouched; ProtocolError when a step is still pending.
         """
@@ -226,7 +233,7 @@ class Decoder:
         else:
             shared, base = self.shared, self.fingerprint
         try:
-            flat, new_shared = self.compressor.decode(body, shared)
+            flat, new_shared = self.compressor.decode(body, self.compressor.receive(side, shared))
         except PayloadError:
             raise
         except (ValueError, IndexError, OverflowError, RuntimeError) as e:
@@ -237,7 +244,7 @@ class Decoder:
                 raise PayloadError(f"tensor {i} decodes to {xi.dtype}{list(xi.shape)}")
             if not np.isfinite(xi).all():
                 raise PayloadError(f"tensor {i} decodes to NaN or Inf")
-        self._pending = _Pending(new_shared, {}, next_fingerprint(base, header.crc))
+        self._pending = _Pending(new_shared, {}, next_fingerprint(base, _crc(header.crc, side)))
         return spec.restore(flat)
 
     def commit(self) -> None:
@@ -275,13 +282,17 @@ class RoundDecoding:
 class DecoderPool:
     """Server side of a codec: one `Decoder` per client, created on first contact.
 
-    `decode_round` decodes each payload on its own; codecs that decode clients
-    jointly (LGC) subclass it. Decoded steps are pending until `commit(client)`.
+    Each round, `plan_round` may give clients side information for their encoders
+    (none here), and `decode_round` decodes each payload on its own with it; codecs
+    that plan rounds or decode clients jointly (LGC) subclass it (see
+    `Compressor.decoder_pool`). Decoded steps are pending until `commit(client)`.
     """
 
     def __init__(self, make_decoder: Callable[[], Decoder]) -> None:
         self._make_decoder = make_decoder
         self.decoders: dict[str, Decoder] = {}
+        self.side: dict[str, bytes] = {}
+        """This round's side information per client (absent: none), from `plan_round`."""
 
     def decoder(self, client: str) -> Decoder:
         """The decoder of `client`, created in the initial state if new."""
@@ -293,12 +304,20 @@ class DecoderPool:
         """The committed fingerprint of `client`'s decoder (what `Encoder.sync` takes)."""
         return self.decoder(client).fingerprint
 
+    def plan_round(self, server_round: int, clients: Sequence[str]) -> dict[str, bytes]:
+        """Side information for the encoders of the round's `clients` (instructed in
+        round `server_round`): client → bytes, absent for none. The driver sends each
+        client its bytes with the instruction (`RoundContext.side` on the client) and
+        counts them as downlink; `decode_round` decodes with them. Plans nothing here."""
+        self.side = {}
+        return self.side
+
     def decode_round(self, payloads: Mapping[str, bytes]) -> RoundDecoding:
         """Decode every client's payload; a malformed one lands in `errors`, not raised."""
         result = RoundDecoding()
         for client, payload in payloads.items():
             try:
-                result.updates[client] = self.decoder(client).decode(payload)
+                result.updates[client] = self.decoder(client).decode(payload, self.side.get(client, b""))
             except PayloadError as e:
                 result.errors[client] = e
         return result
@@ -324,6 +343,11 @@ class DecoderPool:
             dec.load_state_dict({k[len(c) + 1 :]: v for k, v in d.items() if k.startswith(c + "/")})
             decoders[c] = dec
         self.decoders = decoders
+
+
+def _crc(payload_crc: int, side: bytes) -> int:
+    """The CRC a step enters in the fingerprint chain: the payload's, extended over any side information."""
+    return zlib.crc32(side, payload_crc) if side else payload_crc
 
 
 def _prefixed(prefix: str, state: State) -> dict[str, np.ndarray]:

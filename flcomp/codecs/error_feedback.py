@@ -12,10 +12,16 @@ decoder is the inner codec's too. Invariant: Σ sent + e = Σ g over committed s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
+
+if TYPE_CHECKING:
+    from flcomp.codecs.endpoints import Decoder, DecoderPool
 
 
 class ErrorFeedback(Compressor):
@@ -53,3 +59,9 @@ class ErrorFeedback(Compressor):
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         return self.inner.decode(body, shared)
+
+    def receive(self, side: bytes, shared: State) -> State:
+        return self.inner.receive(side, shared)
+
+    def decoder_pool(self, make_decoder: Callable[[], Decoder], seed: int = 0) -> DecoderPool:
+        return self.inner.decoder_pool(make_decoder, seed)

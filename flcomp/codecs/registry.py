@@ -2,6 +2,7 @@
 
     from flcomp.codecs import codec
     c = codec("topk", ratio=0.01)                 # or Codec.parse("topk:ratio=0.01")
+    c = codec("signxor", momentum=0.9)            # any lossy codec: error_feedback=, momentum=
     enc, dec = c.encoder(spec, seed=1), c.decoder(spec)
 
 A codec module registers its `Compressor` subclass with `@register`; the list of
@@ -19,6 +20,7 @@ from flcomp import keyvalue
 from flcomp.codecs.compressor import Compressor
 from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder
 from flcomp.codecs.error_feedback import ErrorFeedback
+from flcomp.codecs.momentum import Momentum
 from flcomp.codecs.spec import ModelSpec
 
 REGISTRY: dict[str, type[Compressor]] = {}
@@ -46,13 +48,16 @@ class Codec:
     name: str
     config: Any
     error_feedback: bool
+    momentum: float = 0.0
+    """β of `flcomp.codecs.momentum` (m ← β·m + g before the codec, error feedback
+    included); 0 (default) is off; see that module for when to turn it on. Lossy codecs only."""
 
     @property
     def compressor_class(self) -> type[Compressor]:
         return REGISTRY[self.name]
 
     def compressor(self, spec: ModelSpec) -> Compressor:
-        """The codec's math for `spec`, wrapped in error feedback if configured.
+        """The codec's math for `spec`, wrapped in error feedback and momentum if configured.
 
         Compressors hold no state, so one per (codec, spec) serves every endpoint: a
         client's mod rebuilds its encoder on every instruction.
@@ -67,15 +72,18 @@ class Codec:
         """A server-side decoder for one client, in the initial state."""
         return Decoder(self.compressor(spec))
 
-    def decoder_pool(self, spec: ModelSpec) -> DecoderPool:
-        """The server side for many clients."""
-        return DecoderPool(lambda: self.decoder(spec))
+    def decoder_pool(self, spec: ModelSpec, seed: int = 0) -> DecoderPool:
+        """The server side for many clients (a subclass for codecs that plan rounds or
+        decode jointly, seeded by `seed`)."""
+        return self.compressor(spec).decoder_pool(lambda: self.decoder(spec), seed)
 
     def describe(self) -> str:
         """The codec as `parse` reads it back, every parameter spelled out."""
         params = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
         if not self.compressor_class.lossless:
             params["error_feedback"] = self.error_feedback
+        if self.momentum:
+            params["momentum"] = self.momentum
         if not params:
             return self.name
         return self.name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
@@ -92,7 +100,8 @@ class Codec:
 @functools.lru_cache(maxsize=64)
 def _compressor(codec: Codec, spec: ModelSpec) -> Compressor:
     c = codec.compressor_class(spec, codec.config)
-    return ErrorFeedback(c) if codec.error_feedback else c
+    c = ErrorFeedback(c) if codec.error_feedback else c
+    return Momentum(c, codec.momentum) if codec.momentum else c
 
 
 @functools.lru_cache(maxsize=256)
@@ -100,10 +109,11 @@ def _parse(text: str) -> Codec:
     name, params = keyvalue.split(text, "codec")
     if name not in REGISTRY:
         raise ValueError(f"unknown codec {name!r}; available: {', '.join(available())}")
-    return codec(name, **keyvalue.typed(params, REGISTRY[name].Config, {"error_feedback": bool}))
+    extra = {"error_feedback": bool, "momentum": float}
+    return codec(name, **keyvalue.typed(params, REGISTRY[name].Config, extra))
 
 
-def codec(name: str, *, error_feedback: bool | None = None, **params: Any) -> Codec:
+def codec(name: str, *, error_feedback: bool | None = None, momentum: float = 0.0, **params: Any) -> Codec:
     """Look up a codec by name and build its config from `params` (defaults otherwise)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown codec {name!r}; available: {', '.join(available())}")
@@ -114,8 +124,14 @@ def codec(name: str, *, error_feedback: bool | None = None, **params: Any) -> Co
         raise ValueError(f"codec {name!r} has no parameter {sorted(unknown)}; it has {sorted(known)}")
     if error_feedback and cls.lossless:
         raise ValueError(f"codec {name!r} is lossless: error feedback has nothing to feed back")
+    if error_feedback and cls.own_error_feedback:
+        raise ValueError(f"codec {name!r} keeps its own error memory: leave error_feedback off")
+    if momentum and cls.lossless:
+        raise ValueError(f"codec {name!r} is lossless: use the server's optimiser for momentum")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     ef = cls.error_feedback if error_feedback is None else error_feedback
-    return Codec(name, cls.Config(**params), ef)
+    return Codec(name, cls.Config(**params), ef, float(momentum))
 
 
 def available() -> list[str]:

@@ -14,7 +14,10 @@ dropped from the round with a logged reason.
 
 Byte counts are the payloads' real lengths, summed over the round (not averaged
 like the inner strategy's metrics): `flcomp.uplink-bytes`, and
-`flcomp.downlink-bytes` for the model arrays sent (their serialized Array bytes).
+`flcomp.downlink-bytes` for the model arrays sent (their serialized Array bytes)
+plus any side information the codec's server plans for the encoders
+(`DecoderPool.plan_round`, e.g. LGC's roles, index sets and autoencoder weights),
+which travels in the instruction's ConfigRecord.
 
 With a `channel` (`flcomp.channel`), every round also runs on a simulated wireless
 network: each client's real downlink and uplink bytes, and its training work, go
@@ -61,6 +64,8 @@ class RoundTraffic:
     encode_seconds: float = 0.0
     """Summed over the accepted clients, as they reported it."""
     downlink_bytes_by_node: dict[int, int] = field(default_factory=dict)
+    side_bytes: int = 0
+    """Of downlink_bytes: the codec's side information for the encoders (`DecoderPool.plan_round`)."""
     channel: RoundReport | None = None
     """The round on the simulated network (None without a channel), keyed by client id."""
 
@@ -118,6 +123,7 @@ class Compressed(Strategy):
             self._global = self.broadcast.replica  # what clients train from: the uplink's w_global
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         traffic = self.traffic[server_round] = RoundTraffic()
+        side = self.pool.plan_round(server_round, [str(m.metadata.dst_node_id) for m in messages])
         for m in messages:
             # Strategies may share one RecordDict among their messages (FedAvg does):
             # each message gets its own, whose changed records are new objects.
@@ -127,12 +133,14 @@ class Compressed(Strategy):
             for key, record in list(m.content.array_records.items()):
                 if self.broadcast is not None:
                     record = m.content[key] = self.broadcast.record_for(node)
-                    instructions |= {
-                        records.DOWNLINK: self.broadcast.codec.describe(),
-                        records.DOWNLINK_VERSION: self.broadcast.version,
-                        records.DOWNLINK_BASE: self.broadcast.base_version(record),
-                    }
+                    instructions |= self.broadcast.instructions(record)
                 sent = sum(len(a.data) for a in record.values())
+                traffic.downlink_bytes += sent
+                traffic.downlink_bytes_by_node[node] = traffic.downlink_bytes_by_node.get(node, 0) + sent
+            if side.get(str(node)):  # the codec's side information for this client's encoder
+                instructions[records.SIDE] = side[str(node)]
+                sent = len(side[str(node)])
+                traffic.side_bytes += sent
                 traffic.downlink_bytes += sent
                 traffic.downlink_bytes_by_node[node] = traffic.downlink_bytes_by_node.get(node, 0) + sent
             for key, record in list(m.content.config_records.items()):
@@ -197,7 +205,7 @@ class Compressed(Strategy):
         if self.pool is None or spec != self._spec:
             if self.pool is not None:
                 log.warning("the model's float arrays changed shape or dtype: codec states restart")
-            self.pool, self._spec = self.codec.decoder_pool(spec), spec
+            self.pool, self._spec = self.codec.decoder_pool(spec, seed=self.seed), spec
         if self._previous is not None and spec == records.spec_of(self._previous):
             change = sum(
                 float(np.sum((to_numpy(arrays[k]).astype(np.float64) - to_numpy(self._previous[k])) ** 2))

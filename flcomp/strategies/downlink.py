@@ -1,16 +1,30 @@
 """Downlink compression: the server broadcasts compressed model changes to client replicas.
 
-Each client keeps a replica ŵ of the global model in `context.state`. At round t
-the server encodes the change w(t) − ŵ(t−1) once (the downlink codec, with its
-error feedback on the server), adds the decoded change to its own copy of the
-replica, and sends that payload to every client whose replica is at version t−1.
-A client whose replica is older (it skipped rounds, it is new, its last message
-failed) gets a key frame: the replica ŵ(t) itself, in full. Clients then train
-from ŵ(t), and the uplink's w_global is ŵ(t) on both ends.
+Each client keeps a replica ŵ of the global model in `context.state`, with the
+state of its downlink decoder beside it (`flcomp.clients.replica`). At round t the
+server encodes the change w(t) − ŵ(t−1) once, with one encoder, and decodes it
+with one *mirror* decoder: the decoder every up-to-date client holds. It advances
+its own replica by the decoded change and sends that one payload, the same bytes,
+to every client whose replica is at version t−1, which applies it the same way.
 
-Each payload is a key frame of the codec's wire format, so a client decodes it
-with a fresh decoder: downlink codecs must keep no shared state (all the
-baselines qualify; error feedback is encoder-local).
+Any codec works, stateful ones included, so both directions can run the same
+scheme: the encoder's error feedback is the server's error memory (two-way error
+feedback, Zheng et al. 2019), and shared state such as SignXOR's previous signs
+lives in the encoder and the mirror, and in each up-to-date client's decoder.
+
+A client whose replica is older (it skipped rounds, it is new, its last message
+failed or was lost) gets a *key frame* instead: the replica ŵ(t) in full plus the
+mirror decoder's state (its arrays in the record, its fingerprint in the
+instructions), after which it decodes the next payload like everyone else. Both
+count as downlink bytes. Clients then train from ŵ(t), and the uplink's w_global
+is ŵ(t) on both ends.
+
+Invariant of the server's error memory e (for a codec with error feedback), over
+the rounds since the replica started at w(1):
+
+    ŵ(t) + e(t) = w(1) + Σ_{s=2..t} (w(s) − ŵ(s−1))
+
+what the clients hold plus what is still owed is everything the server meant to send.
 """
 
 from __future__ import annotations
@@ -18,12 +32,14 @@ from __future__ import annotations
 from flwr.app import ArrayRecord
 
 from flcomp.clients import records
-from flcomp.clients.arrays import to_numpy
-from flcomp.codecs import Codec, Encoder
+from flcomp.clients.arrays import from_numpy, to_numpy
+from flcomp.clients.replica import DOWNLINK_FINGERPRINT, STATE_PREFIX
+from flcomp.codecs import Codec, Decoder, Encoder
 
 
 class Broadcast:
-    """The server's side of the downlink: its encoder, the replica, what each client holds."""
+    """The server's side of the downlink: its encoder and mirror decoder, the replica, what each
+    client holds."""
 
     def __init__(self, codec: Codec, seed: int = 0) -> None:
         self.codec = codec
@@ -31,41 +47,52 @@ class Broadcast:
         self.version = -1
         """The round whose model the replica holds; -1 before the first."""
         self.replica: ArrayRecord | None = None
-        self._payload: bytes | None = None
-        self._encoder: Encoder | None = None
+        self.encoder: Encoder | None = None
+        """The server's encoder: its local state is the server's error memory."""
+        self.mirror: Decoder | None = None
+        """The decoder state of every client whose replica is at `version`."""
+        self.payload: bytes | None = None
+        """This round's broadcast payload (None when the replica just (re)started)."""
         self._held: dict[int, int] = {}
         """node → replica version it holds (as far as the server knows)."""
 
     def advance(self, server_round: int, arrays: ArrayRecord) -> None:
         """Move the replica to round `server_round`'s model: encode its change, once for everyone."""
-        keys = records.float_keys(arrays)
-        if self.replica is None or records.spec_of(arrays) != records.spec_of(self.replica):
-            self.replica, self._payload = arrays, None
-            self._encoder = self.codec.encoder(records.spec_of(arrays), seed=self.seed)
-            if self._encoder.shared:
-                raise ValueError(
-                    f"downlink codec {self.codec.name!r} keeps shared state; use a stateless one"
-                )
+        spec = records.spec_of(arrays)
+        if self.replica is None or spec != records.spec_of(self.replica):
+            self.replica, self.payload = arrays, None
+            self.encoder = self.codec.encoder(spec, seed=self.seed)
+            self.mirror = self.codec.decoder(spec)
         else:
+            keys = records.float_keys(arrays)
             change = [to_numpy(arrays[k]) - to_numpy(self.replica[k]) for k in keys]
-            self._payload = self._encoder.encode(change, key_frame=True)
-            self._encoder.commit()
-            decoded = self.codec.decoder(records.spec_of(arrays)).decode(self._payload)
+            self.payload = self.encoder.encode(change)
+            self.encoder.commit()  # the mirror is always delivered
+            decoded = self.mirror.decode(self.payload)
+            self.mirror.commit()
             self.replica = records.replica_plus(self.replica, dict(zip(keys, decoded)), arrays)
         self.version = server_round
 
     def record_for(self, node: int) -> ArrayRecord:
-        """What `node` receives: the payload if its replica is one version behind, else the replica."""
-        behind = self._held.get(node) == self.version - 1 and self._payload is not None
+        """What `node` receives: the payload if its replica is one version behind, else a key frame."""
+        behind = self._held.get(node) == self.version - 1 and self.payload is not None
         self._held[node] = self.version
-        if not behind:
-            return self.replica
-        raw = {k: a for k, a in self.replica.items() if not records.is_float(a)}
-        return ArrayRecord({**raw, records.PAYLOAD: records.payload_array(self.codec, self._payload)})
+        if behind:
+            raw = {k: a for k, a in self.replica.items() if not records.is_float(a)}
+            return ArrayRecord({**raw, records.PAYLOAD: records.payload_array(self.codec, self.payload)})
+        state = {k: v for k, v in self.mirror.state_dict().items() if k != "fingerprint"}
+        return ArrayRecord(
+            dict(self.replica.items()) | {STATE_PREFIX + k: from_numpy(v) for k, v in state.items()}
+        )
 
-    def base_version(self, record: ArrayRecord) -> int:
-        """The replica version a record applies to: version − 1 for a payload, -1 for a key frame."""
-        return self.version - 1 if records.PAYLOAD in record else -1
+    def instructions(self, record: ArrayRecord) -> dict:
+        """The ConfigRecord entries that go with `record`: the codec, the replica version it
+        describes, the version a payload applies to (-1 for a key frame) and, with a key frame,
+        the mirror decoder's fingerprint."""
+        out = {records.DOWNLINK: self.codec.describe(), records.DOWNLINK_VERSION: self.version}
+        if records.PAYLOAD in record:
+            return out | {records.DOWNLINK_BASE: self.version - 1}
+        return out | {records.DOWNLINK_BASE: -1, DOWNLINK_FINGERPRINT: self.mirror.fingerprint}
 
     def forget(self, node: int) -> None:
         """`node` may not hold the latest replica (its reply failed): its next message is a key frame."""
