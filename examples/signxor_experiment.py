@@ -7,8 +7,9 @@ of a small CNN (5 162 weights) on Fashion-MNIST (scikit-learn's 8×8 digits when
 - fp32: plain distributed SGD, nothing compressed;
 - scaled sign (EF-signSGD) two-way: the clients' error feedback on the uplink, and the server
   compresses its broadcast with the same codec and its own error memory (`Compressed(downlink=)`);
-- SignXOR two-way at λ = 0 (scaled sign's reconstruction, bit for bit), at λ = 0.5 and λ = 1,
-  and at λ = 0 with momentum before the sign (`momentum=β`, learning rate scaled by 1 − β).
+- SignXOR two-way at λ = 0 (scaled sign's reconstruction, bit for bit), at λ = 0.5 and λ = 1 on
+  the uplink (the broadcast at λ = 0; see `ARMS`), and at λ = 0 with momentum before the sign
+  (`momentum=β`, learning rate scaled by 1 − β).
 
 Every bit is a real payload's (header included); flip rates are read from the payloads that
 cross the grid (the flip counts in the SignXOR bodies, both directions), not estimated.
@@ -81,8 +82,8 @@ ARMS = [
     Arm("fp32", "fp32", "fp32", None, lr=1.0),  # at 2, plain SGD collapsed to chance after 150 rounds
     Arm("scaled_sign", "scaled sign", "scaled_sign", "scaled_sign"),
     Arm("signxor_lam0", "SignXOR λ=0", "signxor", "signxor"),
-    Arm("signxor_lam0.5", "SignXOR λ=0.5", "signxor:lam=0.5", "signxor:lam=0.5"),
-    Arm("signxor_lam1", "SignXOR λ=1", "signxor:lam=1", "signxor:lam=1"),
+    Arm("signxor_lam0.5", "SignXOR λ=0.5", "signxor:lam=0.5", "signxor"),
+    Arm("signxor_lam1", "SignXOR λ=1", "signxor:lam=1", "signxor"),
     Arm(
         "signxor_lam0_momentum",
         f"SignXOR λ=0, momentum {MOMENTUM}",
@@ -91,8 +92,11 @@ ARMS = [
         MOMENTUM,
     ),
 ]
-"""Both directions use the same codec (the downlink without momentum). SignXOR at λ = 0 trains
-exactly as scaled sign does (the same reconstructions both ways), with or without momentum."""
+"""Both directions use the same codec; λ and momentum apply to the uplink (the clients' rate-distortion
+step and optimiser), the server's broadcast is SignXOR at λ = 0: with λ = 1 on the downlink as well,
+training collapsed to chance accuracy by round 40 (a 100-round probe, seed 0), while λ = 1 on the
+uplink alone trained.
+SignXOR at λ = 0 trains exactly as scaled sign does (the same reconstructions both ways)."""
 REFERENCE = "scaled_sign"
 """The key of the comparator arm."""
 
@@ -332,6 +336,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--docs", type=Path, default=Path("docs"), help="where RESULTS.md and the plots go")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs of the same config")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=[a.key for a in ARMS],
+        help="run only these (no report; e.g. in parallel)",
+    )
     args = parser.parse_args(argv)
 
     task = TaskConfig(
@@ -347,6 +357,8 @@ def main(argv: list[str] | None = None) -> str:
     directories = {}
     for arm in ARMS:
         directory = directories[arm.key] = args.out / arm.key
+        if args.arms and arm.key not in args.arms:
+            continue
         config = RunConfig(
             task=replace(task, lr=arm.step_size),
             codec=arm.codec,
@@ -358,6 +370,8 @@ def main(argv: list[str] | None = None) -> str:
         if args.resume and finished(directory, config):
             continue
         run_counting_flips(config, directory, progress=not args.quiet)
+    if args.arms:
+        return ""
 
     reference = next(arm for arm in ARMS if arm.key == REFERENCE)
     target = (
