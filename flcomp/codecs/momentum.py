@@ -26,37 +26,24 @@ flip rate about where it was and trained worse at the same step length
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
-from flcomp.codecs.wire import PayloadReader, PayloadWriter
-
-if TYPE_CHECKING:
-    from flcomp.codecs.endpoints import Decoder, DecoderPool
+from flcomp.codecs.wire import PayloadWriter
+from flcomp.codecs.wrapper import Wrapper
 
 
-class Momentum(Compressor):
+class Momentum(Wrapper):
     """`inner` fed with the momentum β·m + g of the updates (one float32 array per tensor)."""
 
     def __init__(self, inner: Compressor, beta: float) -> None:
         if not 0 < beta < 1:
             raise ValueError(f"momentum needs 0 < β < 1, got {beta}")
-        super().__init__(inner.spec, inner.config)
-        self.inner = inner
+        super().__init__(inner)
         self.beta = np.float32(beta)
-        self.name = inner.name
-        self.codec_id = inner.codec_id
-        self.Config = inner.Config
 
-    def initial_shared(self) -> State:
-        return self.inner.initial_shared()
-
-    def initial_local(self) -> State:
-        m = {f"momentum/{i}": np.zeros(t.size, np.float32) for i, t in enumerate(self.spec.tensors)}
-        return m | {f"inner/{k}": v for k, v in self.inner.initial_local().items()}
+    def own_local(self) -> State:
+        return {f"momentum/{i}": np.zeros(t.size, np.float32) for i, t in enumerate(self.spec.tensors)}
 
     def encode(
         self,
@@ -68,18 +55,5 @@ class Momentum(Compressor):
         ctx: RoundContext,
     ) -> Step:
         m = [self.beta * local[f"momentum/{i}"] + xi for i, xi in enumerate(x)]
-        inner_local = {k[6:]: v for k, v in local.items() if k.startswith("inner/")}
-        step = self.inner.encode(m, shared, inner_local, out, rng, ctx)
-        step.local = {f"momentum/{i}": mi for i, mi in enumerate(m)} | {
-            f"inner/{k}": v for k, v in step.local.items()
-        }
-        return step
-
-    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
-        return self.inner.decode(body, shared)
-
-    def receive(self, side: bytes, shared: State) -> State:
-        return self.inner.receive(side, shared)
-
-    def decoder_pool(self, make_decoder: Callable[[], Decoder], seed: int = 0) -> DecoderPool:
-        return self.inner.decoder_pool(make_decoder, seed)
+        step = self.inner.encode(m, shared, self.inner_local(local), out, rng, ctx)
+        return self.with_inner({f"momentum/{i}": mi for i, mi in enumerate(m)}, step)
