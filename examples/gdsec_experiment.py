@@ -46,9 +46,12 @@ from flcomp.codecs.positions import decode_positions
 from flcomp.codecs.topk import read_values
 from flcomp.codecs.wire import unpack
 from flcomp.sim import RunConfig, load_run, plot_runs, run
+from flcomp.sim.apps import load_task
 from flcomp.sim.inline import InlineGrid
+from flcomp.sim.problems import Problem as TargetProblem
+from flcomp.sim.problems import uplink_mbit
 from flcomp.sim.results import write_section
-from flcomp.tasks import Task, TaskConfig
+from flcomp.tasks import TaskConfig
 
 GD = dict(mode="gd", batch_size=0, num_clients=10)
 """Distributed GD: one full-batch step per round on each of 10 clients (lr set to 1/L)."""
@@ -59,18 +62,10 @@ XI_SWEEP = {10: "gdsec:xi=10", 20: "gdsec:xi=20", 30: "gdsec", 40: "gdsec:xi=40"
 
 
 @dataclass(frozen=True)
-class Problem:
-    """A task, how long it runs, what it must reach and which codecs run on it."""
+class Problem(TargetProblem):
+    """A problem with the codecs that run on it."""
 
-    label: str
-    task: TaskConfig
-    rounds: int
-    metric: str
-    """"gap" (relative objective gap, reached when ≤ target) or "accuracy" (≥ target)."""
-    target: float
-    codecs: tuple[str, ...]
-    step_one_over_l: bool = True
-    """Replace task.lr by 1/L, L the objective's smoothness (GD's classical step)."""
+    codecs: tuple[str, ...] = ()
 
 
 BASELINES = ("fp32", "lag", "lag:xi=100", "qsgd")
@@ -189,13 +184,7 @@ class Outcome:
 
     def reached(self, problem: Problem) -> dict | None:
         """The first trained round that meets the problem's target, or None."""
-        for r in self.rows[1:]:
-            value = r[problem.metric]
-            if value is not None and (
-                value <= problem.target if problem.metric == "gap" else value >= problem.target
-            ):
-                return r
-        return None
+        return problem.reached(self.rows)
 
     def fraction_sent(self, rounds: int) -> float:
         """Entries sent per client per round over the first `rounds` rounds, as a fraction of d."""
@@ -205,11 +194,8 @@ class Outcome:
 
 def run_problem(problem: Problem, seed: int, out: Path, quiet: bool) -> dict[str, Outcome]:
     """Run every codec of `problem` with task and run seed `seed`; codec → its outcome."""
-    task = dataclasses.replace(problem.task, seed=seed)
-    base = Task(task)
-    spec = ModelSpec.of(base.initial_arrays())
-    if problem.step_one_over_l:
-        task = dataclasses.replace(task, lr=1.0 / base.smoothness())
+    task = problem.task_for(seed)
+    spec = ModelSpec.of(load_task(task).initial_arrays())
     outcomes = {}
     for codec in problem.codecs:
         directory = out / slug(codec)
@@ -221,10 +207,6 @@ def run_problem(problem: Problem, seed: int, out: Path, quiet: bool) -> dict[str
             )
         outcomes[codec] = Outcome(load_run(directory)[1], sent, spec.size)
     return outcomes
-
-
-def _mbit(row: dict) -> float:
-    return 8 * row["cumulative_uplink_bytes"] / 1e6
 
 
 def best_topk(problem: Problem, outcomes: dict[str, Outcome]) -> str | None:
@@ -244,7 +226,7 @@ def table_rows(name: str, problem: Problem, outcomes: dict[str, Outcome], codecs
         hit = outcome.reached(problem)
         cells = ["not reached", "", "", ""]
         if hit is not None:
-            cells = [f"{hit['round']:.0f}", "", f"{_mbit(hit):.3f}", ""]
+            cells = [f"{hit['round']:.0f}", "", f"{uplink_mbit(hit):.3f}", ""]
             if base is not None:
                 cells[1] = f"{hit['round'] / base['round']:.2f}"
                 cells[3] = f"{hit['cumulative_uplink_bytes'] / base['cumulative_uplink_bytes']:.1%}"
@@ -273,10 +255,11 @@ def floor_lines(name: str, problem: Problem, outcomes: dict[str, Outcome]) -> li
     else:
         hit = outcomes[best].reached(problem)
         fewer = gdsec["cumulative_uplink_bytes"] < hit["cumulative_uplink_bytes"]
-        topk = f"best top-k `{best}` {_mbit(hit):.3f} Mbit (fewer: {'met' if fewer else 'NOT met'})"
+        topk = f"best top-k `{best}` {uplink_mbit(hit):.3f} Mbit (fewer: {'met' if fewer else 'NOT met'})"
     return [
         f"- {name}: {gdsec['round']:.0f} rounds = {rounds:.2f}× GD's {gd['round']:.0f} "
-        f"(≤ 1.2×: {'met' if rounds <= 1.2 else 'NOT met'}); {_mbit(gdsec):.3f} Mbit = {bits:.1%} of GD's "
+        f"(≤ 1.2×: {'met' if rounds <= 1.2 else 'NOT met'}); {uplink_mbit(gdsec):.3f} Mbit = {bits:.1%} "
+        "of GD's "
         f"(≤ 20%: {'met' if bits <= 0.2 else 'NOT met'}); {topk}"
     ]
 

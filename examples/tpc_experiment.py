@@ -28,7 +28,6 @@ import dataclasses
 import os
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,25 +36,12 @@ from flcomp.cli import slug
 from flcomp.codecs import HEADER_BYTES, Codec, ModelSpec
 from flcomp.sim import RunConfig, load_run, plot_runs, run
 from flcomp.sim.apps import load_task
+from flcomp.sim.problems import Problem, uplink_mbit
 from flcomp.sim.results import write_section
-from flcomp.tasks import Task, TaskConfig
+from flcomp.tasks import TaskConfig
 
 GD = dict(model="logreg", mode="gd", batch_size=0, num_clients=10)
 """Distributed GD: one full-batch step per round on each of 10 clients (lr set to 1/L)."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A task, how long it runs and what it must reach."""
-
-    label: str
-    task: TaskConfig
-    rounds: int
-    metric: str
-    """"gap" (relative objective gap, reached when ≤ target) or "accuracy" (≥ target)."""
-    target: float
-    step_one_over_l: bool = True
-    """Replace task.lr by 1/L, L the objective's smoothness (GD's classical step)."""
 
 
 PROBLEMS = {
@@ -127,23 +113,10 @@ def residual_share(rounds: list[dict], codec: Codec, spec: ModelSpec, clients: i
     return sent / (len(trained) * (clients if exact else 1)), exact
 
 
-def reached(rounds: list[dict], problem: Problem) -> dict | None:
-    """The first trained round that meets the problem's target, or None."""
-    for r in rounds:
-        value = r[problem.metric]
-        if r["round"] > 0 and (
-            value <= problem.target if problem.metric == "gap" else value >= problem.target
-        ):
-            return r
-    return None
-
-
 def run_problem(problem: Problem, codecs: list[str], seed: int, out: Path, quiet: bool) -> dict[str, Path]:
     """Run every codec on `problem` with task and run seed `seed`; codec → results directory."""
-    task = dataclasses.replace(problem.task, seed=seed)
+    task = problem.task_for(seed)
     directories = {}
-    if problem.step_one_over_l:
-        task = dataclasses.replace(task, lr=1.0 / Task(task).smoothness())
     for codec in codecs:
         directory = directories[codec] = out / slug(codec)
         config = RunConfig(task=task, codec=codec, rounds=problem.rounds, seed=seed, engine="inline")
@@ -151,22 +124,18 @@ def run_problem(problem: Problem, codecs: list[str], seed: int, out: Path, quiet
     return directories
 
 
-def _mbit(row: dict) -> float:
-    return 8 * row["cumulative_uplink_bytes"] / 1e6
-
-
 def table_rows(name: str, problem: Problem, directories: dict[str, Path]) -> list[str]:
     """One markdown row per codec; ratios against the fp32 run (GD) when it is there."""
-    base = reached(load_run(directories["fp32"])[1], problem) if "fp32" in directories else None
+    base = problem.reached(load_run(directories["fp32"])[1]) if "fp32" in directories else None
     task = TaskConfig(**load_run(next(iter(directories.values())))[0]["task"])
     spec = ModelSpec.of(load_task(task).initial_arrays())
     lines = []
     for codec, directory in directories.items():
         _, rounds, summary = load_run(directory)
-        hit = reached(rounds, problem)
+        hit = problem.reached(rounds)
         cells = ["not reached", "", "", ""]
         if hit is not None:
-            cells = [f"{hit['round']:.0f}", "", f"{_mbit(hit):.3f}", ""]
+            cells = [f"{hit['round']:.0f}", "", f"{uplink_mbit(hit):.3f}", ""]
             if base is not None:
                 cells[1] = f"{hit['round'] / base['round']:.2f}"
                 cells[3] = f"{hit['cumulative_uplink_bytes'] / base['cumulative_uplink_bytes']:.1%}"
@@ -188,7 +157,7 @@ def floor_lines(seed: int, problem: Problem, directories: dict[str, Path]) -> li
     uplink bits to the target, and fewer bits than each LAG run at the same gap."""
     if not {"fp32", "tpc"} <= directories.keys():
         return []
-    hits = {codec: reached(load_run(d)[1], problem) for codec, d in directories.items()}
+    hits = {codec: problem.reached(load_run(d)[1]) for codec, d in directories.items()}
     gd, tpc = hits["fp32"], hits["tpc"]
     if gd is None or tpc is None:
         return [f"- seed {seed}: {'GD' if gd is None else 'TPC'} did not reach the target: floors not met"]
@@ -196,12 +165,12 @@ def floor_lines(seed: int, problem: Problem, directories: dict[str, Path]) -> li
     parts = [
         f"{tpc['round']:.0f} rounds = {rounds:.2f}× GD's {gd['round']:.0f} (≤ 1.2×: "
         f"{'met' if rounds <= 1.2 else 'NOT met'})",
-        f"{_mbit(tpc):.3f} Mbit = {bits:.1%} of GD's (≤ 30%: {'met' if bits <= 0.3 else 'NOT met'})",
+        f"{uplink_mbit(tpc):.3f} Mbit = {bits:.1%} of GD's (≤ 30%: {'met' if bits <= 0.3 else 'NOT met'})",
     ]
     for codec, hit in hits.items():
         if Codec.parse(codec).name == "lag":
             fewer = hit is None or tpc["cumulative_uplink_bytes"] < hit["cumulative_uplink_bytes"]
-            lag_bits = "never reached" if hit is None else f"{_mbit(hit):.3f} Mbit"
+            lag_bits = "never reached" if hit is None else f"{uplink_mbit(hit):.3f} Mbit"
             parts.append(f"`{codec}` {lag_bits} (fewer: {'met' if fewer else 'NOT met'})")
     return [f"- seed {seed}: " + "; ".join(parts)]
 
