@@ -41,19 +41,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord  # noqa: E402
 from flwr.serverapp.strategy import FedAvgM  # noqa: E402
 
-from flcomp.clients import compression_mod, records  # noqa: E402
-from flcomp.clients.arrays import from_numpy, to_numpy  # noqa: E402
+from flcomp.clients import records  # noqa: E402
+from flcomp.clients.arrays import to_numpy  # noqa: E402
 from flcomp.codecs import Codec  # noqa: E402
 from flcomp.codecs.lgc import INNOVATION, LATENT  # noqa: E402
+from flcomp.sim.apps import client_app, load_task  # noqa: E402
 from flcomp.sim.inline import InlineGrid  # noqa: E402
 from flcomp.sim.results import write_section  # noqa: E402
 from flcomp.sim.runner import QUIET_ENVIRONMENT  # noqa: E402
 from flcomp.strategies import Compressed  # noqa: E402
-from flcomp.tasks import Task, TaskConfig  # noqa: E402
+from flcomp.tasks import TaskConfig  # noqa: E402
 from flcomp.tasks.datasets import FASHION_MNIST_DIR  # noqa: E402
 
 CLIENTS = 8
@@ -156,28 +156,6 @@ class Audit:
         return reply
 
 
-def client_app(task: Task, audit: Audit) -> ClientApp:
-    app = ClientApp(mods=[compression_mod, audit])
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        record = msg.content["arrays"]
-        arrays, examples, metrics = task.train(
-            int(context.node_config["partition-id"]),
-            [to_numpy(record[k]) for k in task.keys],
-            int(msg.content["config"]["server-round"]),
-        )
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: from_numpy(a) for k, a in zip(task.keys, arrays)}),
-                "metrics": MetricRecord({"num-examples": examples, **metrics}),
-            }
-        )
-        return Message(content, reply_to=msg)
-
-    return app
-
-
 def stage3_errors(truth: dict[str, np.ndarray], estimates: dict[str, np.ndarray], leader: str, m: int):
     """Relative errors of the joint estimates and of the two reference estimates."""
     v = {c: truth[c] for c in estimates if c in truth}
@@ -199,9 +177,9 @@ def stage3_errors(truth: dict[str, np.ndarray], estimates: dict[str, np.ndarray]
 def run(settings: Settings, partition: str, name: str, codec: str, out: Path) -> Run:
     """Train with `codec` on `partition`; write the per-round CSV; return the run."""
     random.seed(settings.seed)
-    task = Task(settings.task(partition))
+    task = load_task(settings.task(partition))
     audit = Audit()
-    grid = InlineGrid(client_app(task, audit), CLIENTS)
+    grid = InlineGrid(client_app(settings.task(partition), mods=[audit]), CLIENTS)
     inner = FedAvgM(
         fraction_train=1.0,
         fraction_evaluate=0.0,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 
 from flcomp.clients import compression_mod
@@ -24,9 +25,10 @@ def load_task(config: TaskConfig) -> Task:
     return Task(config)
 
 
-def client_app(config: TaskConfig) -> ClientApp:
-    """A ClientApp that trains `config`'s task on its partition, with `compression_mod`."""
-    app = ClientApp(mods=[compression_mod])
+def client_app(config: TaskConfig, mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp that trains `config`'s task on its partition, with `compression_mod` and then
+    `mods` (e.g. an experiment's diagnostics) around the training."""
+    app = ClientApp(mods=[compression_mod, *mods])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
