@@ -40,11 +40,11 @@ from pathlib import Path
 from flwr.app import Message
 
 from flcomp.cli import slug
-from flcomp.clients import records
 from flcomp.codecs import Codec, ModelSpec
-from flcomp.codecs.positions import decode_positions
-from flcomp.codecs.topk import read_values
+from flcomp.codecs.coding.positions import decode_positions
+from flcomp.codecs.coding.sparse import read_values
 from flcomp.codecs.wire import unpack
+from flcomp.protocol import records
 from flcomp.sim import RunConfig, load_run, plot_runs, run
 from flcomp.sim.apps import load_task
 from flcomp.sim.inline import InlineGrid

@@ -44,10 +44,11 @@ import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord  # noqa: E402
 from flwr.serverapp.strategy import FedAvgM  # noqa: E402
 
-from flcomp.clients import records  # noqa: E402
-from flcomp.clients.arrays import to_numpy  # noqa: E402
+from flcomp.clients import encoder_state
 from flcomp.codecs import Codec  # noqa: E402
-from flcomp.codecs.lgc import INNOVATION, LATENT  # noqa: E402
+from flcomp.codecs.compressors.lgc.codec import INNOVATION, LATENT  # noqa: E402
+from flcomp.protocol import records  # noqa: E402
+from flcomp.protocol.arrays import to_numpy  # noqa: E402
 from flcomp.sim.apps import client_app, load_task  # noqa: E402
 from flcomp.sim.inline import InlineGrid  # noqa: E402
 from flcomp.sim.results import write_section  # noqa: E402
@@ -144,7 +145,7 @@ class Audit:
         lgc = codec.compressor(spec)
         plan = lgc.read_plan(bytes(config[records.SIDE]))
         if plan.mode in (LATENT, INNOVATION):
-            encoder = records.load_encoder(context.state, codec, spec, seed=0)
+            encoder = encoder_state.load_encoder(context.state, codec, spec, seed=0)
             encoder.sync(int(config[records.FINGERPRINT]))  # as compression_mod did
             w, local = msg.content["arrays"], reply.content["arrays"]
             keys = records.float_keys(w)

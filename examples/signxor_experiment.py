@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Message
 
-from flcomp.clients import records
 from flcomp.codecs import ModelSpec
-from flcomp.codecs.signxor import SignXOR, flip_counts
+from flcomp.codecs.compressors.signxor import SignXOR, flip_counts
+from flcomp.protocol import records
 from flcomp.sim import RunConfig, load_run, plot_runs
 from flcomp.sim.apps import client_app, load_task, serve
 from flcomp.sim.inline import InlineGrid

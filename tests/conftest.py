@@ -1,11 +1,16 @@
-"""Shared specs, codec configs and link helpers for the codec-layer tests."""
+"""Shared by the suite: the codec layer's specs, configs and link helpers, and the loader of
+the example scripts (tests are grouped by layer: codecs, channel, flower, sim, examples)."""
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import struct
+import sys
 import zlib
 from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -25,6 +30,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("flcomp")
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root (examples/, benchmarks/, docs/ are beside flcomp/)."""
+
+
+def load_example(name: str) -> ModuleType:
+    """examples/<name>.py as a module, registered in sys.modules under `name` (its
+    dataclasses look their module up by name); a later call reloads it."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 SHAPES = [(20, 30), (30,), (7, 5, 3)]
 SPEC = ModelSpec.of([np.zeros(s, np.float32) for s in SHAPES])

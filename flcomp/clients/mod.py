@@ -19,10 +19,11 @@ import time
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
-from flcomp.clients import records
-from flcomp.clients.arrays import to_numpy
+from flcomp.clients import encoder_state
 from flcomp.clients.replica import receive_broadcast
 from flcomp.codecs import Codec, RoundContext
+from flcomp.protocol import records
+from flcomp.protocol.arrays import to_numpy
 
 
 def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -39,14 +40,14 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     spec = records.spec_of(global_record)
     client = _client_id(context)
     seed = (int(config.get(records.SEED, 0)) * 1_000_003 + client) % 2**63
-    encoder = records.load_encoder(context.state, codec, spec, seed)
+    encoder = encoder_state.load_encoder(context.state, codec, spec, seed)
     encoder.sync(int(config[records.FINGERPRINT]))
 
     start = time.perf_counter()
     reply = call_next(msg, context)
     train_seconds = time.perf_counter() - start
     if reply.has_error():
-        records.save_encoder(context.state, codec, spec, encoder)
+        encoder_state.save_encoder(context.state, codec, spec, encoder)
         return reply
 
     reply_key, local_record = records.the_record(reply.content.array_records.items())
@@ -59,7 +60,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     start = time.perf_counter()
     payload = encoder.encode(update, ctx)
     seconds = time.perf_counter() - start
-    records.save_encoder(context.state, codec, spec, encoder)
+    encoder_state.save_encoder(context.state, codec, spec, encoder)
 
     uploaded = {k: a for k, a in local_record.items() if not records.is_float(a)}
     uploaded[records.PAYLOAD] = records.payload_array(codec, payload)

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
-from flcomp.clients import records
-from flcomp.clients.arrays import from_numpy, to_numpy
 from flcomp.codecs import Codec, Decoder, PayloadError
-
-DOWNLINK_FINGERPRINT = "flcomp.downlink-fingerprint"
-"""ConfigRecord key of a key frame: the fingerprint of the decoder state it carries."""
-STATE_PREFIX = "flcomp.downlink-state/"
-"""ArrayRecord key prefix of a key frame's decoder-state arrays (beside the model's arrays)."""
+from flcomp.protocol import records
+from flcomp.protocol.arrays import from_numpy, to_numpy
 
 _REPLICA = "flcomp.replica"
 _REPLICA_META = "flcomp.replica.meta"
@@ -34,10 +29,14 @@ def receive_broadcast(record: ArrayRecord, config: ConfigRecord, context: Contex
     if records.PAYLOAD in record:
         replica, decoder = _apply_payload(record, config, context, codec)
     else:
-        replica = ArrayRecord({k: a for k, a in record.items() if not k.startswith(STATE_PREFIX)})
+        replica = ArrayRecord({k: a for k, a in record.items() if not k.startswith(records.STATE_PREFIX)})
         decoder = codec.decoder(records.spec_of(replica))
-        state = {k[len(STATE_PREFIX) :]: to_numpy(a) for k, a in record.items() if k.startswith(STATE_PREFIX)}
-        decoder.load_state_dict(state | {"fingerprint": int(config[DOWNLINK_FINGERPRINT])})
+        state = {
+            k[len(records.STATE_PREFIX) :]: to_numpy(a)
+            for k, a in record.items()
+            if k.startswith(records.STATE_PREFIX)
+        }
+        decoder.load_state_dict(state | {"fingerprint": int(config[records.DOWNLINK_FINGERPRINT])})
     context.state[_REPLICA] = replica
     context.state[_DECODER] = ArrayRecord(
         {k: from_numpy(v) for k, v in decoder.state_dict().items() if k != "fingerprint"}

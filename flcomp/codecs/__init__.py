@@ -1,7 +1,7 @@
 """flcomp.codecs: the compressors, their wire format and the loss-safe link protocol.
 
 Pure NumPy (plus constriction for range coding): no Flower, no Ray; torch only in LGC's
-autoencoder (`lgc_autoencoder`), imported when an LGC server or leader needs it.
+autoencoder (`compressors.lgc.autoencoder`), imported when an LGC server or leader needs it.
 
     from flcomp.codecs import ModelSpec, codec
     spec = ModelSpec.of(params)                       # shapes and dtypes of the update
@@ -12,27 +12,15 @@ autoencoder (`lgc_autoencoder`), imported when an LGC server or leader needs it.
     dec.commit(); enc.sync(dec.fingerprint)           # delivered: both sides advance
 """
 
-# Importing a codec module registers it: this list is the registry's contents.
-from flcomp.codecs import (  # noqa: F401
-    floats,
-    gdsec,
-    lag,
-    lgc,
-    powersgd,
-    qsgd,
-    randomk,
-    scaled_sign,
-    signxor,
-    topk,
-    tpc,
-)
+# Importing the compressors registers them (their list is flcomp.codecs.compressors).
+from flcomp.codecs import compressors  # noqa: F401
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step, TensorCompressor
 from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder, RoundDecoding
-from flcomp.codecs.error_feedback import ErrorFeedback
 from flcomp.codecs.errors import CodecError, PayloadError, ProtocolError, StateMismatchError
 from flcomp.codecs.registry import REGISTRY, Codec, available, codec, register
 from flcomp.codecs.spec import ModelSpec, TensorSpec
 from flcomp.codecs.wire import FORMAT_VERSION, HEADER_BYTES
+from flcomp.codecs.wrappers.error_feedback import ErrorFeedback
 
 __all__ = [
     "FORMAT_VERSION",

@@ -21,18 +21,14 @@ the same body and shared state, bit for bit, so both sides stay in sync.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.spec import ModelSpec, TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
-
-if TYPE_CHECKING:
-    from flcomp.codecs.endpoints import Decoder, DecoderPool
 
 State = dict[str, np.ndarray]
 
@@ -117,16 +113,6 @@ class Compressor(ABC):
         if side:
             raise PayloadError(f"codec {self.name!r} takes no side information")
         return shared
-
-    def decoder_pool(self, make_decoder: Callable[[], Decoder], seed: int = 0) -> DecoderPool:
-        """The server side for many clients: a `DecoderPool` of `make_decoder()` decoders.
-
-        Codecs that plan rounds or decode clients jointly return a subclass, seeded
-        by `seed` (the run's) where they draw anything.
-        """
-        from flcomp.codecs.endpoints import DecoderPool  # endpoints imports this module
-
-        return DecoderPool(make_decoder)
 
     @abstractmethod
     def encode(

@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flcomp import keyvalue
 from flcomp.codecs.compressor import Compressor
 from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder
-from flcomp.codecs.error_feedback import ErrorFeedback
-from flcomp.codecs.momentum import Momentum
 from flcomp.codecs.spec import ModelSpec
+from flcomp.codecs.wrappers.error_feedback import ErrorFeedback
+from flcomp.codecs.wrappers.momentum import Momentum
 
 REGISTRY: dict[str, type[Compressor]] = {}
+POOLS: dict[str, Callable[[Compressor, Callable[[], Decoder], int], DecoderPool]] = {}
+"""The server side of the codecs that plan rounds or decode clients jointly (LGC), by
+name; the others get a plain `DecoderPool`. Called as pool(compressor, make_decoder, seed)
+with the codec's own (unwrapped) compressor."""
 
 
-def register(cls: type[Compressor]) -> type[Compressor]:
-    """Class decorator: add a compressor to the registry under `cls.name`."""
+def register(cls: type[Compressor], *, pool: Callable[..., DecoderPool] | None = None) -> type[Compressor]:
+    """Add a compressor to the registry under `cls.name` (a class decorator), with the
+    server-side pool it needs, if any: `register(LGC, pool=LGCPool)`."""
     if cls.name in REGISTRY:
         raise ValueError(f"codec name {cls.name!r} is registered twice")
     taken = {c.codec_id: n for n, c in REGISTRY.items()}
@@ -38,6 +44,8 @@ def register(cls: type[Compressor]) -> type[Compressor]:
     if not dataclasses.is_dataclass(cls.Config):
         raise TypeError(f"{cls.__name__}.Config must be a dataclass")
     REGISTRY[cls.name] = cls
+    if pool is not None:
+        POOLS[cls.name] = pool
     return cls
 
 
@@ -49,7 +57,7 @@ class Codec:
     config: Any
     error_feedback: bool
     momentum: float = 0.0
-    """β of `flcomp.codecs.momentum` (m ← β·m + g before the codec, error feedback
+    """β of `flcomp.codecs.wrappers.momentum` (m ← β·m + g before the codec, error feedback
     included); 0 (default) is off; see that module for when to turn it on. Lossy codecs only."""
 
     @property
@@ -75,7 +83,10 @@ class Codec:
     def decoder_pool(self, spec: ModelSpec, seed: int = 0) -> DecoderPool:
         """The server side for many clients (a subclass for codecs that plan rounds or
         decode jointly, seeded by `seed`)."""
-        return self.compressor(spec).decoder_pool(lambda: self.decoder(spec), seed)
+        pool = POOLS.get(self.name)
+        if pool is None:
+            return DecoderPool(lambda: self.decoder(spec))
+        return pool(self.compressor_class(spec, self.config), lambda: self.decoder(spec), seed)
 
     def describe(self) -> str:
         """The codec as `parse` reads it back, every parameter spelled out."""

@@ -12,7 +12,7 @@ from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 
 from flcomp.clients import compression_mod
-from flcomp.clients.arrays import from_numpy, to_numpy
+from flcomp.protocol.arrays import from_numpy, to_numpy
 from flcomp.sim.config import RunConfig
 from flcomp.sim.results import RunRecorder
 from flcomp.strategies import Compressed

@@ -42,9 +42,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flcomp.channel import Channel, ClientLoad, RoundReport
-from flcomp.clients import records
-from flcomp.clients.arrays import from_numpy, to_numpy
 from flcomp.codecs import Codec, DecoderPool, ModelSpec
+from flcomp.protocol import records
+from flcomp.protocol.arrays import from_numpy, to_numpy
 from flcomp.strategies.downlink import Broadcast
 
 log = logging.getLogger(__name__)

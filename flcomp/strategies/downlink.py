@@ -31,10 +31,9 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from flcomp.clients import records
-from flcomp.clients.arrays import from_numpy, to_numpy
-from flcomp.clients.replica import DOWNLINK_FINGERPRINT, STATE_PREFIX
 from flcomp.codecs import Codec, Decoder, Encoder
+from flcomp.protocol import records
+from flcomp.protocol.arrays import from_numpy, to_numpy
 
 
 class Broadcast:
@@ -82,7 +81,7 @@ class Broadcast:
             return ArrayRecord({**raw, records.PAYLOAD: records.payload_array(self.codec, self.payload)})
         state = {k: v for k, v in self.mirror.state_dict().items() if k != "fingerprint"}
         return ArrayRecord(
-            dict(self.replica.items()) | {STATE_PREFIX + k: from_numpy(v) for k, v in state.items()}
+            dict(self.replica.items()) | {records.STATE_PREFIX + k: from_numpy(v) for k, v in state.items()}
         )
 
     def instructions(self, record: ArrayRecord) -> dict:
@@ -92,7 +91,7 @@ class Broadcast:
         out = {records.DOWNLINK: self.codec.describe(), records.DOWNLINK_VERSION: self.version}
         if records.PAYLOAD in record:
             return out | {records.DOWNLINK_BASE: self.version - 1}
-        return out | {records.DOWNLINK_BASE: -1, DOWNLINK_FINGERPRINT: self.mirror.fingerprint}
+        return out | {records.DOWNLINK_BASE: -1, records.DOWNLINK_FINGERPRINT: self.mirror.fingerprint}
 
     def forget(self, node: int) -> None:
         """`node` may not hold the latest replica (its reply failed): its next message is a key frame."""

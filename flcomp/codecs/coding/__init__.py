@@ -1,0 +1,1 @@
+"""Lossless coding primitives: range and Rice codes, positions, sparse values, packed levels, signs."""

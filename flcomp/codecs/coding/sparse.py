@@ -1,0 +1,69 @@
+"""Sparse vectors on the wire: how many entries a ratio keeps, which ones, and their values.
+
+Shared by the sparsifying compressors (top-k, random-k, GD-SEC, LGC).
+"""
+
+from __future__ import annotations
+
+from math import ceil
+from typing import Literal
+
+import numpy as np
+
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
+
+ValueDtype = Literal["float32", "float16"]
+"""Wire type of sparse values; "float16" halves their bits."""
+
+_SAMPLE = 1 << 16
+
+
+def kept_count(ratio: float, n: int) -> int:
+    """k for a tensor of n entries (at least one entry of a non-empty tensor)."""
+    return min(n, max(1, ceil(ratio * n))) if n else 0
+
+
+def write_values(values: np.ndarray, dtype: ValueDtype, out: PayloadWriter) -> np.ndarray:
+    """Write sparse values in the wire dtype; return them as the decoder will read them."""
+    if dtype == "float16":
+        fmax = float(np.finfo(np.float16).max)
+        wire = np.clip(values, -fmax, fmax).astype(np.float16)
+        out.array(wire)
+        return wire.astype(np.float32)
+    out.array(values)
+    return values
+
+
+def read_values(body: PayloadReader, dtype: ValueDtype, k: int) -> np.ndarray:
+    """Read k sparse values written by `write_values`, as float32."""
+    return body.array(dtype, k, limit=k).astype(np.float32)
+
+
+def scatter(n: int, positions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A dense float32 vector of n entries, zero but at `positions`."""
+    dense = np.zeros(n, np.float32)
+    dense[positions] = values
+    return dense
+
+
+def top_k_positions(magnitude: np.ndarray, k: int) -> np.ndarray:
+    """Sorted positions of the k largest entries (ties broken by position).
+
+    On large tensors a strided sample bounds the k-th largest value from below, so
+    only a few candidates are partitioned: O(n) with a small constant, exact.
+    """
+    n = len(magnitude)
+    candidates = np.arange(n)
+    if n > 4 * _SAMPLE and k < n // 16:
+        sample = magnitude[:: n // _SAMPLE]
+        q = max(0.0, 1.0 - 2.0 * k / n)
+        floor = np.quantile(sample, q, method="lower")
+        above = np.flatnonzero(magnitude >= floor)
+        if len(above) >= k:
+            candidates = above
+    values = magnitude[candidates]
+    kth = np.partition(values, len(values) - k)[len(values) - k]
+    keep = values > kth
+    ties = np.flatnonzero(values == kth)[: k - int(keep.sum())]
+    keep[ties] = True
+    return candidates[keep]

@@ -1,0 +1,196 @@
+"""SignXOR: scaled sign that sends only which signs changed (Adikari & Draper, JSAIT 2021).
+
+Scaled sign (EF-signSGD) spends one bit per entry on signs that are far from
+independent from round to round. SignXOR sends instead the flip vector
+b̂ = ŝ XOR ŝ_prev against the signs both sides already hold, range-coded with an
+i.i.d. Bernoulli model whose rate q is in the payload, so a round costs about
+d·h(q) bits instead of d.
+
+Per tensor of d entries, with p the input (g + e: error feedback, and momentum
+before it, are the generic wrappers; see `SignXOR`):
+
+    s = sign(p)                          sign(0) = +1, as in scaled sign
+    b = s XOR ŝ_prev                     the signs that changed
+    b̂ = b ∧ (|p| ≥ λ·mean|p|)            rate-distortion step: drop weak flips (once primed)
+    ŝ = ŝ_prev XOR b̂                     both sides apply it
+    α = max(0, ⟨p, ŝ⟩) / d               float32; ‖p‖₁/d, scaled sign's scale, when b̂ = b
+    decoded = α·ŝ
+
+Two decisions beyond METHODS.md §4, both inert at λ = 0 (where the reconstruction is
+scaled sign's, bit for bit):
+
+- α is the least-squares scale of the signs sent. With flips held back, ‖p‖₁/d
+  overstates the update along ŝ and error feedback stops contracting its memory: on
+  the CNN of examples/signxor_experiment.py, λ = 1 with α = ‖p‖₁/d flipped ~32% of
+  the signs a round (more bits than λ = 0) and trained worse than with ⟨p, ŝ⟩/d.
+- λ applies once the signs are primed (after the first payload, and after each key
+  frame): against the initial all-+1 signs a held-back flip is just a wrong sign.
+
+What the flips look like under error feedback: the sign of every weak entry
+alternates round after round (a sigma-delta limit cycle), so at λ = 0 q is high,
+0.8–0.9 on that CNN, and coding pays because q is far from 1/2. A moderate λ breaks
+the alternation and brings q towards 1/2 (more bits than λ = 0); only a large one
+makes flips rare, and it slows training down (docs/RESULTS.md has the numbers).
+
+Shared state: per tensor i, ``signs/{i}``, ŝ_prev packed 8 entries a byte
+(np.packbits order, uint8[ceil(d/8)]), bit 1 = negative, padding bits 0; and
+``primed`` (uint8[1]), 0 until the first payload. The initial state (and the state
+after a key frame) is all zeros: every sign +1, not primed. A key frame therefore
+sends the negative entries of sign(p) as "flips".
+
+Body: f32 α of every tensor, then the flip vectors of every tensor as
+`flcomp.codecs.coding.entropy.encode_bit_vectors` writes them: per tensor the flip count
+m (q = m/d, no probability precision to choose) and, when 0 < m < d, either the d
+bits packed (q within 7/16..9/16: range coding would save at most 1%) or a place in
+one range-coded stream, each tensor under its own Bernoulli(q) model. The decoder
+checks α ≥ 0 and finite, m ≤ d, and that the flips it decodes number exactly m.
+`flip_counts` reads the counts of a payload (the measured flip rates).
+
+Momentum before the sign (the journal version: it low-pass filters the updates) is
+the generic codec option ``momentum=β`` (`flcomp.codecs.wrappers.momentum`), e.g.
+``signxor:lam=1,momentum=0.9``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from flcomp.codecs.coding.entropy import decode_bit_vectors, encode_bit_vectors
+from flcomp.codecs.coding.signs import scaled_signs
+from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
+from flcomp.codecs.errors import PayloadError
+from flcomp.codecs.registry import register
+from flcomp.codecs.spec import ModelSpec
+from flcomp.codecs.wire import PayloadReader, PayloadWriter, unpack
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class SignXORConfig:
+    lam: float = 0.0
+    """λ, the rate-distortion threshold, in units of the tensor's mean |p|: a sign
+    flip is sent only where |p_i| ≥ λ·mean|p|. 0 (default) sends every flip, so the
+    reconstruction is scaled sign's, bit for bit, at fewer bits. Raising it trades
+    accuracy per round for bits, but not smoothly: under error feedback a moderate λ
+    (≲ 0.75) raises the bits (see the module docstring), λ ≈ 1 makes flips rare (a few
+    percent) and training slower; the flips it holds back stay in the error-feedback
+    memory and are sent once they grow strong enough."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"SignXOR needs a finite lam ≥ 0, got {self.lam}")
+
+
+@register
+class SignXOR(Compressor):
+    """α·ŝ per tensor, ŝ sent as entropy-coded flips against the last transmitted signs.
+
+    Error feedback is the generic wrapper (``error_feedback = True``): it hands this
+    compressor p = g + e and keeps e ← p − α·ŝ, which is exactly the paper's worker
+    memory, since the decoded output is α·ŝ. Disable it with ``error_feedback=False``.
+    """
+
+    name = "signxor"
+    codec_id = 19
+    Config = SignXORConfig
+    error_feedback = True
+
+    def initial_shared(self) -> State:
+        # Packed "is negative" bits, all 0: every sign starts at +1; not primed yet.
+        signs = {f"signs/{i}": np.zeros(-(-t.size // 8), np.uint8) for i, t in enumerate(self.spec.tensors)}
+        return signs | {"primed": np.zeros(1, np.uint8)}
+
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
+        magnitudes = [np.abs(p) for p in x]
+        alphas = np.array([_mean(a) for a in magnitudes], np.float32)
+        flips = []
+        for i, (p, a) in enumerate(zip(x, magnitudes)):
+            b = np.packbits(p < 0) ^ shared[f"signs/{i}"]  # b = s XOR ŝ_prev, sign(0) = +1
+            if self.config.lam > 0 and shared["primed"][0]:
+                wanted = b
+                b = wanted & np.packbits(a >= _threshold(self.config.lam, alphas[i]))
+                alphas[i] = _projection(a, wanted ^ b, alphas[i])
+            flips.append(b)
+        out.array(alphas)
+        encode_bit_vectors([(b, p.size) for b, p in zip(flips, x)], out)
+        return Step(*self._apply(alphas, flips, shared), local)
+
+    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
+        alphas = _read_scales(body, len(self.spec))
+        flips = decode_bit_vectors(body, [t.size for t in self.spec.tensors])
+        return self._apply(alphas, flips, shared)
+
+    def _apply(
+        self, alphas: np.ndarray, flips: list[np.ndarray], shared: State
+    ) -> tuple[list[np.ndarray], State]:
+        """ŝ = ŝ_prev XOR b̂ and the decoded α·ŝ, from packed flips (both sides run this)."""
+        signs = {f"signs/{i}": shared[f"signs/{i}"] ^ b for i, b in enumerate(flips)}
+        signs["primed"] = np.ones(1, np.uint8)
+        decoded = [
+            scaled_signs(alpha, signs[f"signs/{i}"], t.size)
+            for i, (alpha, t) in enumerate(zip(alphas, self.spec.tensors))
+        ]
+        return decoded, signs
+
+
+def flip_counts(payload: bytes, spec: ModelSpec) -> list[int]:
+    """The flips b̂ each tensor of a SignXOR payload sends (its flip rate is count / size).
+
+    Reads the payload as a decoder would, without a state (the flips do not depend on
+    it); raises PayloadError if it is malformed or not SignXOR's.
+    """
+    _, body = unpack(payload, SignXOR.codec_id, len(spec))
+    _read_scales(body, len(spec))
+    flips = decode_bit_vectors(body, [t.size for t in spec.tensors])
+    body.finish()
+    return [int(np.bitwise_count(b).sum(dtype=np.int64)) for b in flips]
+
+
+def _read_scales(body: PayloadReader, count: int) -> np.ndarray:
+    alphas = body.array(np.float32, count, limit=count)
+    bad = ~(np.isfinite(alphas) & (alphas >= 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise PayloadError(f"tensor {i}: scale {alphas[i]} is not a finite non-negative number")
+    return alphas
+
+
+def _mean(magnitudes: np.ndarray) -> np.float32:
+    """α = ‖p‖₁/d in float32 from |p|, computed as scaled sign computes it (so λ = 0 matches it
+    bit for bit)."""
+    if not magnitudes.size:
+        return np.float32(0)
+    total = magnitudes.sum()
+    if not np.isfinite(total):  # a float32 sum of huge entries overflows; their mean does not
+        total = magnitudes.sum(dtype=np.float64)
+    return np.float32(total / magnitudes.size)
+
+
+def _projection(magnitudes: np.ndarray, held: np.ndarray, mean_abs: np.float32) -> np.float32:
+    """α = max(0, ⟨p, ŝ⟩)/d, the scale that minimises ‖p − α·ŝ‖ for signs ŝ that disagree with
+    sign(p) where the packed mask `held` is set (flips held back): ‖p‖₁/d − 2·Σ_held |p_i|/d."""
+    if not held.any():
+        return mean_abs
+    # A dot product with the 0/1 mask: seven times faster than gathering the entries.
+    held_abs = float(np.dot(magnitudes, np.unpackbits(held, count=magnitudes.size).astype(np.float32)))
+    if not np.isfinite(held_abs):
+        held_abs = float(np.dot(magnitudes.astype(np.float64), np.unpackbits(held, count=magnitudes.size)))
+    return np.float32(max(0.0, float(mean_abs) - 2 * held_abs / magnitudes.size))
+
+
+def _threshold(lam: float, alpha: np.float32) -> np.float32:
+    """λ·α as float32; past float32's range no |p_i| reaches it, so +inf says the same."""
+    t = lam * float(alpha)
+    return np.float32(t) if t <= _FLOAT32_MAX else np.float32(np.inf)

@@ -1,0 +1,104 @@
+"""How flcomp travels in Flower records: the keys both ends agree on, and the payload Array.
+
+The server's wrapper (`flcomp.strategies.Compressed`) adds to each train
+instruction's ConfigRecord the codec (as `Codec.describe()` text), the
+fingerprint of that client's decoder (so the client can settle its pending step
+with `Encoder.sync`), the number of clients in the round, the recent model
+changes (for event-triggered codecs) and, for codecs whose server plans the
+round (LGC), that client's side information. The client's mod answers with one Array of
+stype "flcomp/<codec>" holding the payload's bytes, beside any non-float arrays
+of the model (integer buffers travel as they are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from flcomp.codecs import Codec, ModelSpec, TensorSpec
+from flcomp.protocol.arrays import from_numpy, to_numpy
+
+CODEC = "flcomp.codec"
+"""ConfigRecord key: the uplink codec, as text `Codec.parse` reads."""
+FINGERPRINT = "flcomp.fingerprint"
+"""ConfigRecord key: the server decoder's fingerprint for this client."""
+NUM_CLIENTS = "flcomp.num-clients"
+"""ConfigRecord key: how many clients the round instructs."""
+MODEL_CHANGE_SQ = "flcomp.model-change-sq"
+"""ConfigRecord key: ‖w(t+1−d) − w(t−d)‖², d = 1..10, newest first."""
+DOWNLINK = "flcomp.downlink"
+"""ConfigRecord key: the downlink codec's text, when the server compresses its broadcast."""
+DOWNLINK_VERSION = "flcomp.downlink-version"
+"""ConfigRecord key: the replica version (round) the message's arrays describe."""
+DOWNLINK_BASE = "flcomp.downlink-base"
+"""ConfigRecord key: the replica version a downlink payload applies to (-1: a key frame)."""
+SEED = "flcomp.seed"
+"""ConfigRecord key: the run's seed, from which each client's encoder seed derives."""
+SIDE = "flcomp.side"
+"""ConfigRecord key: side information for the client's encoder from the codec's server
+(bytes, `RoundContext.side`); absent when the codec plans none."""
+
+DOWNLINK_FINGERPRINT = "flcomp.downlink-fingerprint"
+"""ConfigRecord key of a key frame: the fingerprint of the decoder state it carries."""
+
+PAYLOAD = "flcomp.payload"
+"""ArrayRecord key of the payload in a reply."""
+STYPE_PREFIX = "flcomp/"
+"""Payload Arrays' stype: "flcomp/<codec name>"."""
+STATE_PREFIX = "flcomp.downlink-state/"
+"""ArrayRecord key prefix of a key frame's decoder-state arrays (beside the model's arrays)."""
+
+UPLINK_BYTES = "flcomp.uplink-bytes"
+"""MetricRecord key: payload bytes (a client's reply; the round's sum on the server)."""
+ENCODE_SECONDS = "flcomp.encode-seconds"
+"""MetricRecord key: seconds spent encoding."""
+TRAIN_SECONDS = "flcomp.train-seconds"
+"""MetricRecord key: wall seconds the ClientApp's train function took (for a measured compute model)."""
+CLIENT = "flcomp.client"
+"""MetricRecord key: the client's stable id (partition-id, else node id); the server
+aggregates in this order, so float sums do not depend on arrival order."""
+
+
+def is_float(array: Array) -> bool:
+    """Whether an Array holds floating-point entries (what the codecs compress)."""
+    return np.dtype(array.dtype).kind == "f"
+
+
+def float_keys(record: ArrayRecord) -> list[str]:
+    """Keys of the floating-point arrays, in record order."""
+    return [k for k, a in record.items() if is_float(a)]
+
+
+def spec_of(record: ArrayRecord) -> ModelSpec:
+    """The codec spec of a model record: its floating-point arrays (read from metadata, not data)."""
+    return ModelSpec(tuple(TensorSpec(record[k].shape, record[k].dtype) for k in float_keys(record)))
+
+
+def payload_array(codec: Codec, payload: bytes) -> Array:
+    """A payload as an Array that Flower forwards untouched."""
+    return Array(dtype="uint8", shape=(len(payload),), stype=STYPE_PREFIX + codec.name, data=payload)
+
+
+def the_record(records: Iterable[tuple[str, ArrayRecord]]) -> tuple[str, ArrayRecord]:
+    """The one (key, ArrayRecord) of a message; ValueError if there is not exactly one."""
+    items = list(records)
+    if len(items) != 1:
+        raise ValueError(f"expected one ArrayRecord in the message, found {len(items)}")
+    return items[0]
+
+
+def replica_plus(replica: ArrayRecord, change: dict[str, np.ndarray], raw: ArrayRecord) -> ArrayRecord:
+    """A model replica advanced by a decoded change; its non-float arrays taken from `raw`.
+
+    Client and server both advance their replicas with this, so they hold the same values.
+    """
+    out = {}
+    for k, a in replica.items():
+        if k in change:
+            w = to_numpy(a)
+            out[k] = from_numpy((w + change[k]).astype(w.dtype, copy=False))
+        else:
+            out[k] = raw[k] if k in raw else a
+    return ArrayRecord(out)

@@ -1,0 +1,171 @@
+"""Two-way compression: the server's broadcast with its own error memory and a stateful codec,
+client replicas and decoder states kept in sync through loss, skipped rounds and key frames."""
+
+import random
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord
+from test_channel_strategy import LOSSY, assert_in_sync
+from test_flower_integration import NODES, fedavg, initial, make_app
+
+from flcomp.codecs import Codec
+from flcomp.protocol import records
+from flcomp.sim.inline import InlineGrid
+from flcomp.strategies import Compressed
+from flcomp.strategies.downlink import Broadcast
+
+TWO_WAY = ["signxor:lam=1", "scaled_sign", "topk:ratio=0.2"]
+"""Stateful (SignXOR's previous signs) and stateless downlink codecs, all with error feedback."""
+
+
+class RecordingGrid(InlineGrid):
+    """An InlineGrid that keeps what each train message carried: (round, node) → ArrayRecord."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: dict[tuple[int, int], ArrayRecord] = {}
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for m in messages:
+            self.sent[int(m.content["config"]["server-round"]), m.metadata.dst_node_id] = m.content["arrays"]
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def run(strategy: Compressed, app, rounds: int, seed: int = 0) -> RecordingGrid:
+    random.seed(seed)
+    grid = RecordingGrid(app, NODES, first_node_id=101)
+    strategy.start(grid=grid, initial_arrays=initial(), num_rounds=rounds)
+    return grid
+
+
+def is_key_frame(record: ArrayRecord) -> bool:
+    return records.PAYLOAD not in record
+
+
+def assert_replicas_in_sync(strategy: Compressed, grid: RecordingGrid) -> None:
+    """Every client that holds the latest version holds the server's replica and mirror decoder."""
+    broadcast = strategy.broadcast
+    mirror = broadcast.mirror.state_dict()
+    current = 0
+    for context in grid.contexts.values():
+        meta = context.state.config_records["flcomp.replica.meta"]
+        if meta["version"] != broadcast.version:
+            continue
+        current += 1
+        replica = context.state.array_records["flcomp.replica"]
+        for k in ("w", "b"):
+            np.testing.assert_array_equal(replica[k].numpy(), broadcast.replica[k].numpy())
+        assert meta["fingerprint"] == mirror["fingerprint"]
+        stored = context.state.array_records["flcomp.replica.decoder"]
+        assert set(stored) == {k for k in mirror if k != "fingerprint"}
+        for k, a in stored.items():
+            np.testing.assert_array_equal(a.numpy(), mirror[k])
+    assert current > 0
+
+
+# --- the server's error memory ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("downlink", TWO_WAY)
+def test_replica_plus_server_error_memory_is_everything_the_server_meant_to_send(downlink):
+    """ŵ(t) + e(t) = w(1) + Σ_{s ≤ t} (w(s) − ŵ(s−1)): two-way error feedback loses nothing."""
+    rng = np.random.default_rng(0)
+    broadcast = Broadcast(Codec.parse(downlink), seed=1)
+    w = rng.standard_normal(300).astype(np.float32)
+    broadcast.advance(1, ArrayRecord({"w": Array(w)}))
+    meant = w.astype(np.float64)
+    for t in range(2, 40):
+        replica = broadcast.replica["w"].numpy()
+        w = (replica - 0.1 * rng.standard_normal(300)).astype(np.float32)  # the aggregate of round t
+        meant += w.astype(np.float64) - replica
+        broadcast.advance(t, ArrayRecord({"w": Array(w)}))
+        error = broadcast.encoder.local["ef/0"]
+        np.testing.assert_allclose(broadcast.replica["w"].numpy() + error, meant, rtol=0, atol=1e-4)
+
+
+def test_the_server_encoder_and_mirror_share_the_codec_state():
+    rng = np.random.default_rng(1)
+    broadcast = Broadcast(Codec.parse("signxor:lam=0.5"))
+    for t in range(1, 10):
+        broadcast.advance(t, ArrayRecord({"w": Array(rng.standard_normal(50).astype(np.float32))}))
+        assert broadcast.encoder.fingerprint == broadcast.mirror.fingerprint
+        assert np.array_equal(broadcast.encoder.shared["signs/0"], broadcast.mirror.shared["signs/0"])
+
+
+# --- end to end through the Flower apps -----------------------------------------------------
+
+
+@pytest.mark.parametrize("downlink", TWO_WAY)
+def test_one_payload_a_round_for_every_up_to_date_client(downlink):
+    strategy = Compressed(fedavg(), codec="signxor:lam=1", downlink=downlink)
+    grid = run(strategy, make_app(), rounds=6)
+    for t in range(1, 7):
+        sent = [grid.sent[t, node] for node in grid.contexts]
+        if t == 1:
+            assert all(is_key_frame(r) for r in sent)
+            continue
+        payloads = {r[records.PAYLOAD].data for r in sent}
+        assert len(payloads) == 1, "the same bytes for all"
+        assert strategy.traffic[t].downlink_bytes == NODES * len(payloads.pop())
+        assert strategy.traffic[t].accepted == NODES
+    assert_replicas_in_sync(strategy, grid)
+    assert_in_sync(strategy, grid, Codec.parse("signxor:lam=1"))
+
+
+def test_a_signxor_key_frame_carries_the_signs_and_its_bytes_are_counted():
+    strategy = Compressed(fedavg(), codec="fp32", downlink="signxor")
+    grid = run(strategy, make_app(), rounds=2)
+    key_frame = grid.sent[1, 101]
+    state = {k: a for k, a in key_frame.items() if k.startswith(records.STATE_PREFIX)}
+    assert set(state) == {records.STATE_PREFIX + f"shared/{k}" for k in ("signs/0", "signs/1", "primed")}
+    assert strategy.traffic[1].downlink_bytes_by_node[101] == sum(len(a.data) for a in key_frame.values())
+
+
+@pytest.mark.parametrize("downlink", TWO_WAY)
+def test_clients_that_skip_rounds_get_key_frames_then_payloads(downlink):
+    strategy = Compressed(fedavg(fraction_train=0.5), codec="signxor", downlink=downlink)
+    grid = run(strategy, make_app(), rounds=12, seed=1)
+    assert all(t.accepted == NODES // 2 and not t.dropped for t in strategy.traffic.values())
+    last_round = {}
+    for (t, node), record in sorted(grid.sent.items()):
+        assert is_key_frame(record) == (last_round.get(node) != t - 1 or t == 1), (t, node)
+        last_round[node] = t
+    assert any(not is_key_frame(r) for r in grid.sent.values())
+    assert_replicas_in_sync(strategy, grid)
+
+
+@pytest.mark.parametrize("downlink", TWO_WAY)
+def test_both_directions_stay_in_sync_over_lossy_links(downlink):
+    uplink = "signxor:lam=1,momentum=0.5"
+    strategy = Compressed(fedavg(), codec=uplink, downlink=downlink, channel=LOSSY)
+    grid = run(strategy, make_app(), rounds=40)
+    lost_models = [
+        (t, node)
+        for t, traffic in strategy.traffic.items()
+        for node, why in traffic.dropped.items()
+        if why.startswith("channel: downlink") and t < 40
+    ]
+    assert lost_models
+    for t, node in lost_models:
+        assert is_key_frame(grid.sent[t + 1, node]), "a client that missed a broadcast gets a key frame"
+    assert_replicas_in_sync(strategy, grid)
+    assert_in_sync(strategy, grid, Codec.parse(uplink))
+    assert sum(t.accepted for t in strategy.traffic.values()) > NODES * 40 // 3
+
+
+def test_a_client_whose_decoder_state_is_stale_is_dropped_once_then_resynchronised():
+    def corrupt_decoder(msg, context, call_next):
+        if context.node_id == 102 and msg.content["config"]["server-round"] == 4:
+            meta = context.state.config_records["flcomp.replica.meta"]
+            meta["fingerprint"] = (int(meta["fingerprint"]) + 1) % 2**32
+        return call_next(msg, context)
+
+    strategy = Compressed(fedavg(), codec="scaled_sign", downlink="signxor")
+    grid = run(strategy, make_app(corrupt_decoder), rounds=6)
+    assert list(strategy.traffic[4].dropped) == [102]
+    assert "stale downlink state" in strategy.traffic[4].dropped[102]
+    assert is_key_frame(grid.sent[5, 102]) and not is_key_frame(grid.sent[5, 101])
+    assert strategy.traffic[5].accepted == strategy.traffic[6].accepted == NODES
+    assert_replicas_in_sync(strategy, grid)
