@@ -72,6 +72,8 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     metrics[records.UPLINK_BYTES] = len(payload)
     metrics[records.ENCODE_SECONDS] = seconds
     metrics[records.TRAIN_SECONDS] = train_seconds
+    for name, value in encoder.last_stats.items():
+        metrics[records.STAT_PREFIX + name] = float(value)
     return reply
 
 

@@ -14,7 +14,7 @@ autoencoder (`compressors.lgc.autoencoder`), imported when an LGC server or lead
 
 # Importing the compressors registers them (their list is flcomp.codecs.compressors).
 from flcomp.codecs import compressors  # noqa: F401
-from flcomp.codecs.compressor import Compressor, RoundContext, State, Step, TensorCompressor
+from flcomp.codecs.compressor import Compressor, RoundContext, State, Stats, Step, TensorCompressor
 from flcomp.codecs.endpoints import Decoder, DecoderPool, Encoder, RoundDecoding
 from flcomp.codecs.errors import CodecError, PayloadError, ProtocolError, StateMismatchError
 from flcomp.codecs.registry import REGISTRY, Codec, available, codec, register
@@ -39,6 +39,7 @@ __all__ = [
     "RoundContext",
     "RoundDecoding",
     "State",
+    "Stats",
     "StateMismatchError",
     "Step",
     "TensorCompressor",

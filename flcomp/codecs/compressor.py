@@ -63,13 +63,19 @@ class RoundContext:
             raise ValueError("RoundContext needs num_clients ≥ 1, lr ≥ 0 and non-negative model changes")
 
 
+Stats = dict[str, float]
+"""What one encoding step did, by name (`Compressor.stats` lists a codec's names)."""
+
+
 @dataclass
 class Step:
-    """The outcome of encoding one update: what the decoder will see, and the new state."""
+    """The outcome of encoding one update: what the decoder will see, the new state, and
+    what the step did (`stats`, the codec's documented names only)."""
 
     decoded: list[np.ndarray]
     shared: State = field(default_factory=dict)
     local: State = field(default_factory=dict)
+    stats: Stats = field(default_factory=dict)
 
 
 class Compressor(ABC):
@@ -87,6 +93,11 @@ class Compressor(ABC):
     """Whether `flcomp.codecs.codec()` wraps it in error feedback unless told otherwise."""
     own_error_feedback: ClassVar[bool] = False
     """True when the codec keeps its own error memory (LGC): the generic wrapper is refused."""
+    stats: ClassVar[tuple[str, ...]] = ()
+    """The names of what each step reports in `Step.stats` (e.g. "residual_sent"): numbers,
+    snake_case, documented in docs/METHODS.md ("What codecs report"). Each step reports
+    every one of them; they reach the client's reply metrics ("flcomp.stat.<name>"), the
+    server's round metrics (summed over the round's accepted clients) and rounds.csv."""
 
     def __init__(self, spec: ModelSpec, config: Any) -> None:
         self.spec = spec

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
+from flcomp.codecs.compressor import Compressor, RoundContext, State, Stats, Step
 from flcomp.codecs.errors import PayloadError, ProtocolError, StateMismatchError
 from flcomp.codecs.spec import ModelSpec
 from flcomp.codecs.wire import HEADER_BYTES, Header, PayloadWriter, pack, unpack
@@ -74,6 +74,8 @@ class Encoder:
         self.steps = 0
         """Committed steps."""
         self.key_frame_requested = False
+        self.last_stats: Stats = {}
+        """What the last `encode` did (`Compressor.stats` names), whatever became of its step."""
         self._pending: _Pending | None = None
 
     @property
@@ -114,6 +116,11 @@ class Encoder:
                 f"{self.compressor.name} cannot represent this update in float32 "
                 "(its reconstruction overflows); scale the update down"
             )
+        if set(step.stats) != set(self.compressor.stats):
+            raise RuntimeError(
+                f"{self.compressor.name} reported {sorted(step.stats)}, not {self.compressor.stats}"
+            )
+        self.last_stats = step.stats
         header = Header(self.compressor.codec_id, key_frame, base_fingerprint, len(x))
         payload, crc = pack(header, out.chunks)
         self._pending = _Pending(

@@ -56,6 +56,11 @@ ENCODE_SECONDS = "flcomp.encode-seconds"
 """MetricRecord key: seconds spent encoding."""
 TRAIN_SECONDS = "flcomp.train-seconds"
 """MetricRecord key: wall seconds the ClientApp's train function took (for a measured compute model)."""
+STAT_PREFIX = "flcomp.stat."
+"""MetricRecord key prefix: "flcomp.stat.<name>" is what the client's encoding step reported
+(`Step.stats`); the server's round metrics hold their sum over the accepted clients."""
+DOWNLINK_STAT_PREFIX = "flcomp.downlink-stat."
+"""MetricRecord key prefix (round metrics): what the server's downlink encoding step reported."""
 CLIENT = "flcomp.client"
 """MetricRecord key: the client's stable id (partition-id, else node id); the server
 aggregates in this order, so float sums do not depend on arrival order."""

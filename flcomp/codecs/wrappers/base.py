@@ -26,6 +26,7 @@ class Wrapper(Compressor):
         self.name = inner.name
         self.codec_id = inner.codec_id
         self.Config = inner.Config
+        self.stats = inner.stats
 
     @abstractmethod
     def own_local(self) -> State:
