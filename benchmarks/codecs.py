@@ -19,14 +19,14 @@ import numpy as np
 
 from flcomp.codecs import Codec, ModelSpec, available, codec
 
-# The issues' floors on the 10M-entry update, for the default configs:
+# The floors on the 10M-entry update, for the default configs:
 # codec -> (max encode+decode time in multiples of np.copy, max bits/entry or None).
 FLOORS = {
     codec("topk"): (25.0, 0.45),
     codec("scaled_sign"): (25.0, 1.01),
     codec("fp16"): (25.0, None),
     codec("qsgd"): (25.0, None),
-    codec("signxor"): (30.0, 1.01),  # issue 7
+    codec("signxor"): (30.0, 1.01),  # its range coder: a looser time floor
 }
 FLOOR_ENTRIES = 10_000_000
 

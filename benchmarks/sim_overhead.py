@@ -55,7 +55,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.simulation import run_simulation
 
-from flcomp.clients import compression_mod, records
+from flcomp.clients import compression_mod
+from flcomp.protocol import records
 from flcomp.strategies import Compressed
 
 CODECS = ("fp32", "topk")

@@ -25,10 +25,11 @@ from flcomp.codecs.wrappers.error_feedback import ErrorFeedback
 from flcomp.codecs.wrappers.momentum import Momentum
 
 REGISTRY: dict[str, type[Compressor]] = {}
-POOLS: dict[str, Callable[[Compressor, Callable[[], Decoder], int], DecoderPool]] = {}
+POOLS: dict[str, Callable[[Compressor, int], DecoderPool]] = {}
 """The server side of the codecs that plan rounds or decode clients jointly (LGC), by
-name; the others get a plain `DecoderPool`. Called as pool(compressor, make_decoder, seed)
-with the codec's own (unwrapped) compressor."""
+name; the others get a plain `DecoderPool`. Called as pool(compressor, seed) with the
+codec's own (unwrapped) compressor; the pool builds its decoders (wrappers decode as
+their inner codec does)."""
 
 
 def register(cls: type[Compressor], *, pool: Callable[..., DecoderPool] | None = None) -> type[Compressor]:
@@ -86,7 +87,7 @@ class Codec:
         pool = POOLS.get(self.name)
         if pool is None:
             return DecoderPool(lambda: self.decoder(spec))
-        return pool(self.compressor_class(spec, self.config), lambda: self.decoder(spec), seed)
+        return pool(self.compressor_class(spec, self.config), seed)
 
     def describe(self) -> str:
         """The codec as `parse` reads it back, every parameter spelled out."""

@@ -221,7 +221,7 @@ def test_what_is_dropped_is_sent_once(c, rng):
 @pytest.mark.parametrize("rule", ["absolute", "lag"])
 def test_a_constant_update_costs_nothing_once_within_the_threshold(rule, rng):
     """No double counting: once ĝ is within thr of an update that stops changing, nothing
-    more is sent. METHODS.md's Δ = g − h + e would add each dropped component again on
+    more is sent. the paper's Δ = g − h + e (docs/METHODS.md §3) would add each dropped component again on
     top of g − h, which already holds it, until it crossed thr and overshot."""
     c = codec("gdsec", rule=rule, threshold=0.5, xi=3.0)
     enc, dec = c.encoder(SPEC), c.decoder(SPEC)

@@ -11,16 +11,8 @@ from hypothesis import strategies as st
 from flcomp.codecs import HEADER_BYTES, PayloadError, RoundContext, codec
 from flcomp.codecs.coding.sparse import top_k_positions
 from flcomp.codecs.compressors.lgc.autoencoder import encode_with
-from flcomp.codecs.compressors.lgc.codec import (
-    INNOVATION,
-    LATENT,
-    LGC,
-    PLAIN,
-    TOPK,
-    VALUES,
-    Plan,
-    encoder_tag,
-)
+from flcomp.codecs.compressors.lgc.codec import LGC
+from flcomp.codecs.compressors.lgc.config import INNOVATION, LATENT, PLAIN, TOPK, VALUES, Plan, encoder_tag
 from flcomp.codecs.compressors.lgc.pool import LGCPool
 
 SMALL_AE = dict(encoder_channels="8-8", decoder_channels="8-8", latent_channels=2, ae_steps=2)
@@ -298,6 +290,37 @@ def test_a_late_joiner_in_stage_3_is_decoded_with_the_shared_decoder():
     f.round(clients=["a", "b", "newcomer"])
     assert f.stats.joint == 3 and "newcomer" not in f.pool.autoencoder.clients
     assert f.pool.autoencoder.clients == ["a", "b"]
+
+
+@pytest.mark.parametrize("warmup", ["plain", "topk"])
+def test_stats_are_what_each_payload_holds(warmup):
+    f = Federation(lgc(stage1_rounds=1, stage2_rounds=2, warmup=warmup))
+    for t in range(1, 7):
+        f.plan()
+        f.encode()
+        encoder_bytes = 0
+        for c, payload in f.payloads.items():
+            plan, stats = f.pool.plans[c], f.encoders[c].last_stats
+            message = f.lgc.read_payload(payload, plan)
+            if message.mode == PLAIN:
+                sent = sum(x.size for x in message.values)
+            elif message.mode == TOPK:
+                sent = sum(f.lgc.k)  # its own top-k: k_i of each tensor
+            elif message.mode == VALUES:
+                sent = len(message.values)
+            else:
+                sent = len(message.innovation_values)
+            expected_stage = 1 if plan.mode in (PLAIN, TOPK) else f.pool.stage(t)
+            assert stats == {
+                "stage": float(expected_stage),
+                "entries_sent": float(sent),
+                "code_values": float(0 if message.code is None else len(message.code)),
+                "encoder_bytes": float(0 if plan.weights is None else 4 * f.lgc.encoder_size),
+                "proposed": float(message.proposal is not None),
+            }, (t, c)
+            encoder_bytes += stats["encoder_bytes"]
+        f.decode()
+        assert encoder_bytes == f.stats.encoder_bytes
 
 
 def test_runs_are_deterministic_for_a_seed():

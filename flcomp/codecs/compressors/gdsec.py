@@ -18,13 +18,14 @@ operations in the same order, so they agree bit for bit.
 Error correction. e is what the last round dropped. Because h moved by β·Δ̂ rather
 than β·Δ, the next difference g − h already holds β·e (it exceeds the difference
 after a round that dropped nothing by exactly that), so the client adds only the
-rest, (1 − β)·e, and every dropped component is sent once. METHODS.md §3 writes
+rest, (1 − β)·e, and every dropped component is sent once. docs/METHODS.md §3 writes
 Δ = g − h + e, which sends it 1 + β times: at β = 1 twice, so the reconstruction
 never settles even for a constant update (g ≡ 1, thr = 2.5: ĝ = 0, 0, 3, 3, −1, −1,
 3, 3, ... sending every other round), and in full-batch GD the threshold, which
 follows the model's change, grows with that oscillation: on flcomp's synthetic
-problems (see `GDSECConfig.xi`) it sent 36–47% of the components at ξ = 10, did not
-converge from ξ = 30 (linear) and diverged from ξ = 45 (logistic). The ends of β are known
+problems (full-batch GD, K = 10; measured once on that variant, which flcomp no longer
+has) it sent 36–47% of the components at ξ = 10, did not converge from ξ = 30 (linear)
+and diverged from ξ = 45 (logistic). The ends of β are known
 methods: β = 0 (h stays 0) is sparsification with error feedback, Σ ĝ = Σ g − e, so
 what is dropped is owed, never lost; β = 1 (default) is EF21 (Richtárik, Sokolov,
 Fatkhullin 2021) with a LAG-style trigger (CLAG, Richtárik et al. 2022), where h is
@@ -34,14 +35,14 @@ generic `ErrorFeedback` (`error_feedback = False`).
 
 Threshold, one scalar for the whole model (`GDSECConfig.rule`):
 
-- "lag" (default), the LAG-style rule of METHODS.md §3:
+- "lag" (default), the LAG-style rule of docs/METHODS.md §3:
   thr = (ξ/K) · ‖w(t) − w(t−1)‖₂ / (α·√d), with K = `RoundContext.num_clients`,
   ‖w(t) − w(t−1)‖² = `RoundContext.model_change_sq[0]` (the newest model change, from
   the broadcast models: no extra bits), α = `RoundContext.lr` and d the model's entry
   count. ‖w(t) − w(t−1)‖/α is the size of the last aggregated update, so thr is in
   the update's units whether a driver sends gradients with a server step α or
   pseudo-gradients with α = 1 (Flower's mod: the model delta, α = 1, where this is
-  METHODS.md's (ξ/K)·‖w(t) − w(t−1)‖₂/√d exactly; in flcomp's "gd" mode the delta is
+  docs/METHODS.md §3's (ξ/K)·‖w(t) − w(t−1)‖₂/√d exactly; in flcomp's "gd" mode the delta is
   lr·∇f_k and the server step is FedAvg's mean, so both sides are lr times the
   gradient's). A round without a model change (the first one) has no threshold: it
   keeps the `ratio` largest components of each tensor instead, as rule "topk" does
@@ -86,38 +87,22 @@ class GDSECConfig:
     threshold (ξ/K)·‖w(t) − w(t−1)‖/(α√d) from `RoundContext`; use it when the driver
     supplies the model changes (flcomp's GD and Flower paths do). "absolute": above
     `threshold`, for drivers without history or to reproduce GD (threshold = 0).
-    "topk": the `ratio` largest per tensor, a fixed bit budget per round; in the runs
-    of `xi` ratio 0.1 took 1.39–1.44× GD's rounds (linear) and 0.87–0.90× (logistic)
-    for 0.17–0.18 and 0.11 of GD's bits, ratio 0.2 0.89–0.95× for 0.21–0.22: the
-    default threshold rule sends fewer bits in fewer rounds."""
+    "topk": the `ratio` largest per tensor, a fixed bit budget per round; in
+    full-batch GD it sends more bits in more rounds than the default threshold rule.
+    Measured (ratios 0.1 and 0.2): docs/RESULTS.md, section "gdsec-xi"
+    (`python examples/gdsec_experiment.py --sweep`)."""
     xi: float = 30.0
     """ξ of rule "lag", ≥ 0. Larger: fewer components sent and, past a
-    problem-dependent point, more rounds; 0 is GD. How the default was chosen:
-    full-batch GD (flcomp "gd" mode, lr = 1/L), K = 10 clients of 500 samples of
-    flcomp's synthetic problems (d = 1000 + bias), run to a relative objective gap of
-    1e-6, seeds 0–2, in rounds and uplink bits as multiples of GD's (fp32):
-
-        ξ     linear (GD: 27–28 rounds)         logistic, λ = 1e-3 (GD: 142–172)
-        10    0.93×, 0.34 (33% sent)             0.90×, 0.12 (11% sent)
-        20    0.89×, 0.22 (22%)                  0.80–0.81×, 0.068–0.075 (6.5–7.5%)
-        30    0.96–1.00×, 0.18–0.19 (16%)        0.75–0.77×, 0.052–0.058 (5.1–6.0%)
-        40    1.25–1.30×, 0.18 (12%)             0.68–0.73×, 0.045–0.049 (4.6–5.6%)
-        60    2.25×, 0.18 (6.3%)                 0.86×, 0.041 (3.3%)
-        80    > 3× (not reached)                 1.37×, 0.045 (2.1%)
-
-    (ξ = 10, 60, 80: seed 0.) 30 is the largest ξ that keeps GD's rounds on both
-    problems, and it sends the ~5% of components on logistic regression that
-    METHODS.md §3 aims at. Its limit: each client may hold back (ξ/K)·‖w(t) − w(t−1)‖
-    in norm, 3× the aggregate step at ξ = 30, K = 10; heterogeneous clients' errors
-    largely average out, but where clients' gradients change alike they add up. On
-    digits (multinomial logistic regression, λ = 0.1, 10 iid clients of 135 images,
-    gap 1e-4, GD 218 rounds) ξ = 5 took 0.88× GD's rounds and 5.6% of its bits,
-    ξ = 10 0.89× and 3.7%, ξ = 20 1.28× and 3.2%, ξ = 30 2.05× and 3.8%: there, take
-    ξ ≤ K (no client's error above the aggregate step). With METHODS.md's error
-    correction (see the module
-    docstring) the same runs (seed 0) took 0.51 (linear) and 0.40 (logistic) of GD's
-    bits at ξ = 10 and 0.28 (logistic) at ξ = 40, did not reach the gap in 3× GD's
-    rounds from ξ = 30 (linear) and diverged from ξ = 45 (logistic)."""
+    problem-dependent point, more rounds; 0 is GD. 30 is the largest ξ that kept GD's
+    rounds on flcomp's synthetic problems (full-batch GD, K = 10, to a 1e-6 gap), and it
+    sends the ~5% of components on logistic regression that docs/METHODS.md §3 aims at.
+    Its limit: each client may hold back (ξ/K)·‖w(t) − w(t−1)‖ in norm, 3× the
+    aggregate step at ξ = 30, K = 10; heterogeneous clients' errors largely average
+    out, but where clients' gradients change alike (iid clients, as on digits) they add
+    up: there, take ξ ≤ K (no client's error above the aggregate step). Measured
+    (ξ = 5 to 80, synthetic least squares and logistic regression, digits):
+    docs/RESULTS.md, section "gdsec-xi"
+    (`python examples/gdsec_experiment.py --sweep`)."""
     threshold: float = 0.0
     """thr of rule "absolute", ≥ 0, in the update's units. 0 sends every nonzero
     component (GD-SEC is then GD, up to float32 rounding of g − h)."""
@@ -128,15 +113,16 @@ class GDSECConfig:
     """β in h ← h + β·Δ̂, in [0, 1]. 1 (default): h is the last reconstruction ĝ, so Δ
     is the change since the last round (plus what was dropped), small when updates
     vary slowly (full-batch GD). Smaller β makes h a running average of what was sent
-    and re-sends (1 − β) of each round's Δ̂: at ξ = 30 in the runs of `xi`, β = 0.8
-    took 0.19–0.20 (linear) and 0.060–0.066 (logistic) of GD's bits, β = 0.5
-    0.24 and 0.085–0.094, against 0.18–0.19 and 0.052–0.058 at β = 1. β = 0 sends
-    sparsified g + e (no difference at all), which keeps sending most components in
-    heterogeneous runs, where each client's gradient stays nonzero at the optimum."""
+    and re-sends (1 − β) of each round's Δ̂, which costs bits in full-batch GD. β = 0
+    sends sparsified g + e (no difference at all), which keeps sending most components
+    in heterogeneous runs, where each client's gradient stays nonzero at the optimum.
+    Measured (β = 0.8, 0.5 at ξ = 30): docs/RESULTS.md, section "gdsec-xi"
+    (`python examples/gdsec_experiment.py --sweep`)."""
     value_dtype: ValueDtype = "float32"
     """Wire type of the sent values; "float16" halves their bits, and the rounding
-    error is sent later like the dropped components: at ξ = 30 in the runs of `xi`,
-    0.10–0.11 (linear) and 0.032–0.036 (logistic) of GD's bits in the same rounds."""
+    error is sent later like the dropped components. Measured (at ξ = 30):
+    docs/RESULTS.md, section "gdsec-xi"
+    (`python examples/gdsec_experiment.py --sweep`)."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.xi < math.inf and 0 <= self.threshold < math.inf):
@@ -149,11 +135,16 @@ class GDSECConfig:
 
 @register
 class GDSEC(Compressor):
-    """Sparsified differences against a shared reference h, with error correction."""
+    """Sparsified differences against a shared reference h, with error correction.
+
+    Stats: ``entries_sent``, the components whose values the payload carries (the sum of the
+    tensors' counts m).
+    """
 
     name = "gdsec"
     codec_id = 18
     Config = GDSECConfig
+    stats = ("entries_sent",)
     error_feedback = False  # e is part of the method (inside Δ), see the module docstring
 
     def initial_shared(self) -> State:
@@ -187,6 +178,7 @@ class GDSEC(Compressor):
         thr = self.threshold(ctx)
         bound = None if thr is None else _float32_floor(thr)
         decoded, new_shared, new_local = [], {}, {}
+        sent = 0
         for i, (g, t) in enumerate(zip(x, self.spec.tensors)):
             h = shared[f"h/{i}"]
             delta = g - h
@@ -201,13 +193,14 @@ class GDSEC(Compressor):
                 # |Δ_i| > thr, compared exactly: bound is the largest float32 ≤ thr.
                 positions = np.flatnonzero(np.abs(delta) > bound)
             out.struct("I", len(positions))
+            sent += len(positions)
             encode_positions(positions, t.size, out)
             values = write_values(delta[positions], self.config.value_dtype, out)
             g_hat, new_shared[f"h/{i}"] = self._reconstruct(h, positions, values)
             decoded.append(g_hat)
             delta[positions] -= values  # e ← Δ − Δ̂ (delta is this step's own array)
             new_local[f"e/{i}"] = delta
-        return Step(decoded, new_shared, new_local)
+        return Step(decoded, new_shared, new_local, {"entries_sent": float(sent)})
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         decoded, new_shared = [], {}

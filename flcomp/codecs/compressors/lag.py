@@ -48,11 +48,15 @@ class LAGConfig:
 
 @register
 class LAG(Compressor):
-    """Event-triggered upload: the whole update in float32, or a skip."""
+    """Event-triggered upload: the whole update in float32, or a skip.
+
+    Stats: ``sent``, 1.0 if the update was sent, 0.0 if the round was skipped.
+    """
 
     name = "lag"
     codec_id = 8
     Config = LAGConfig
+    stats = ("sent",)
 
     def initial_shared(self) -> State:
         return {f"last/{i}": np.zeros(t.size, np.float32) for i, t in enumerate(self.spec.tensors)}
@@ -81,12 +85,12 @@ class LAG(Compressor):
         g_sq = sum(_squared_norm(xi) for xi in x)
         if diff_sq <= self.threshold(g_sq, ctx):
             out.struct("B", 0)
-            return Step([li.copy() for li in last], shared)
+            return Step([li.copy() for li in last], shared, stats={"sent": 0.0})
         out.struct("B", 1)
         for xi in x:
             out.array(xi)
         # x may alias the caller's arrays: the state keeps its own copy.
-        return Step(x, {f"last/{i}": xi.copy() for i, xi in enumerate(x)})
+        return Step(x, {f"last/{i}": xi.copy() for i, xi in enumerate(x)}, stats={"sent": 1.0})
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         (sent,) = body.struct("B")

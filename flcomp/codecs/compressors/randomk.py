@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flcomp.codecs.coding.sparse import ValueDtype, kept_count, read_values, scatter, write_values
-from flcomp.codecs.compressor import TensorCompressor
+from flcomp.codecs.compressor import RoundContext, State, Step, TensorCompressor
 from flcomp.codecs.registry import register
 from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
@@ -45,12 +45,32 @@ def random_positions(seed: int, n: int, k: int) -> np.ndarray:
 
 @register
 class RandomK(TensorCompressor):
-    """k uniformly random entries of each tensor, positions sent as a seed."""
+    """k uniformly random entries of each tensor, positions sent as a seed.
+
+    Stats: ``entries_sent``, the entries whose values the payload carries (k of each tensor).
+    """
 
     name = "randomk"
     codec_id = 7
     Config = RandomKConfig
     error_feedback = True
+    stats = ("entries_sent",)
+
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
+        step = super().encode(x, shared, local, out, rng, ctx)
+        # k is how many values encode_tensor writes for each tensor.
+        step.stats = {
+            "entries_sent": float(sum(kept_count(self.config.ratio, t.size) for t in self.spec.tensors))
+        }
+        return step
 
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator

@@ -16,7 +16,7 @@ before it, are the generic wrappers; see `SignXOR`):
     α = max(0, ⟨p, ŝ⟩) / d               float32; ‖p‖₁/d, scaled sign's scale, when b̂ = b
     decoded = α·ŝ
 
-Two decisions beyond METHODS.md §4, both inert at λ = 0 (where the reconstruction is
+Two decisions beyond docs/METHODS.md §4, both inert at λ = 0 (where the reconstruction is
 scaled sign's, bit for bit):
 
 - α is the least-squares scale of the signs sent. With flips held back, ‖p‖₁/d
@@ -92,12 +92,17 @@ class SignXOR(Compressor):
     Error feedback is the generic wrapper (``error_feedback = True``): it hands this
     compressor p = g + e and keeps e ← p − α·ŝ, which is exactly the paper's worker
     memory, since the decoded output is α·ŝ. Disable it with ``error_feedback=False``.
+
+    Stats: ``signs``, the sign entries the payload codes (every entry of every tensor), and
+    ``flips``, how many of them change against the last sent signs (the flips b̂ coded; on a
+    key frame, the negative signs).
     """
 
     name = "signxor"
     codec_id = 19
     Config = SignXORConfig
     error_feedback = True
+    stats = ("signs", "flips")
 
     def initial_shared(self) -> State:
         # Packed "is negative" bits, all 0: every sign starts at +1; not primed yet.
@@ -125,7 +130,8 @@ class SignXOR(Compressor):
             flips.append(b)
         out.array(alphas)
         encode_bit_vectors([(b, p.size) for b, p in zip(flips, x)], out)
-        return Step(*self._apply(alphas, flips, shared), local)
+        stats = {"signs": float(sum(p.size for p in x)), "flips": float(sum(_count(b) for b in flips))}
+        return Step(*self._apply(alphas, flips, shared), local, stats)
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         alphas = _read_scales(body, len(self.spec))
@@ -155,7 +161,12 @@ def flip_counts(payload: bytes, spec: ModelSpec) -> list[int]:
     _read_scales(body, len(spec))
     flips = decode_bit_vectors(body, [t.size for t in spec.tensors])
     body.finish()
-    return [int(np.bitwise_count(b).sum(dtype=np.int64)) for b in flips]
+    return [_count(b) for b in flips]
+
+
+def _count(packed: np.ndarray) -> int:
+    """The set bits of a packed bit vector (its padding bits are 0)."""
+    return int(np.bitwise_count(packed).sum(dtype=np.int64))
 
 
 def _read_scales(body: PayloadReader, count: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from flcomp.codecs.coding.sparse import (
     top_k_positions,
     write_values,
 )
-from flcomp.codecs.compressor import TensorCompressor
+from flcomp.codecs.compressor import RoundContext, State, Step, TensorCompressor
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
 from flcomp.codecs.spec import TensorSpec
@@ -48,12 +48,32 @@ class TopKConfig:
 
 @register
 class TopK(TensorCompressor):
-    """The k largest-magnitude entries of each tensor."""
+    """The k largest-magnitude entries of each tensor.
+
+    Stats: ``entries_sent``, the entries whose values the payload carries (k of each tensor).
+    """
 
     name = "topk"
     codec_id = 5
     Config = TopKConfig
     error_feedback = True
+    stats = ("entries_sent",)
+
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
+        step = super().encode(x, shared, local, out, rng, ctx)
+        # k is what encode_tensor writes as each tensor's count.
+        step.stats = {
+            "entries_sent": float(sum(kept_count(self.config.ratio, t.size) for t in self.spec.tensors))
+        }
+        return step
 
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator

@@ -65,17 +65,15 @@ class TPCConfig:
     or ‖r‖ > τ (absolute). Larger: fewer residuals, coarser updates; τ = 0 sends
     every nonzero residual.
 
-    Why 0.01 (METHODS.md had 0.3): a client's update does not vanish at the optimum,
-    only the mean over clients does (∇f_k(w*) ≠ 0), so a skipped residual leaves an
-    error up to τ·‖g_k‖ that does not shrink, and training stalls at an objective gap
-    that grows like τ². Measured in distributed GD (examples/tpc_experiment.py, K = 10,
-    step 1/L; synthetic logistic regression, d = 1000, seeds 0 and 1): the relative
-    gap stalls near 4e-2 with τ = 0.3, 3e-3 with 0.1, 2e-4 with 0.03, 2e-5 with 0.01
-    and 3e-7 with 0.001. τ = 0.01 reaches 1e-4 in 0.99–1.02× GD's rounds with
-    16–18% of GD's uplink bits (τ = 0.001: 25–31%), the residual going in 5–6% of the
-    client-rounds; on digits (multinomial, λ = 0.1) τ = 0.3 stalls near 6e-3 and
-    τ = 0.01 reaches 1e-4 in 0.98× GD's rounds with 8% of its bits. With local SGD
-    (federated mode) the residual goes almost every round whatever τ."""
+    Why 0.01 (docs/METHODS.md §1 had 0.3): a client's update does not vanish at the
+    optimum, only the mean over clients does (∇f_k(w*) ≠ 0), so a skipped residual
+    leaves an error up to τ·‖g_k‖ that does not shrink, and training stalls at an
+    objective gap that grows like τ². Lower τ where the gap must go lower (each
+    residual costs a full inner payload); raise it only where a coarse solution is
+    enough. With local SGD (federated mode) the residual goes almost every round
+    whatever τ. Measured (τ = 0.3 to 0.001 in distributed GD, synthetic logistic
+    regression and digits): docs/RESULTS.md, section "tpc-tau"
+    (`python examples/tpc_experiment.py --sweep`)."""
     threshold: Literal["relative", "absolute"] = "relative"
     """"relative": τ is a fraction of ‖g‖ (needs τ < 1), scale-free, the default;
     "absolute": τ is a norm, in the update's units, for updates whose scale is known."""
@@ -111,11 +109,16 @@ class TPCConfig:
 
 @register
 class TemporalPredictiveCoding(Compressor):
-    """Least-squares prediction from past reconstructions; the residual only when it is large."""
+    """Least-squares prediction from past reconstructions; the residual only when it is large.
+
+    Stats: ``residual_sent``, 1.0 if the payload carries the residual (the trigger byte is 1),
+    else 0.0. The inner codec's own stats are not reported.
+    """
 
     name = "tpc"
     codec_id = 16
     Config = TPCConfig
+    stats = ("residual_sent",)
     # No error feedback of its own: the paper has none, the memory already holds what
     # the server reconstructed, and a lossy inner codec brings its own on the residual.
     # error_feedback=True feeds back g − ĝ, skipped residuals included.
@@ -206,7 +209,8 @@ class TemporalPredictiveCoding(Compressor):
             step = self.inner.encode(r, inner_shared, inner_local, out, rng, ctx)
             r_hat, inner_shared, inner_local = step.decoded, step.shared, step.local
         g_hat = self.reconstruct(p, r_hat, shared)
-        return Step(g_hat, self.pushed(shared, g_hat, inner_shared), _prefixed(inner_local))
+        stats = {"residual_sent": float(send)}
+        return Step(g_hat, self.pushed(shared, g_hat, inner_shared), _prefixed(inner_local), stats)
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         m = self.filled(shared)

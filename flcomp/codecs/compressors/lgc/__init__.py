@@ -1,6 +1,11 @@
-"""LGC, learned gradient compression: config and codec, server pool, autoencoder (torch)."""
+"""LGC, learned gradient compression: config, codec, server pool, autoencoder (torch).
 
-from flcomp.codecs.compressors.lgc.codec import LGC, LGCConfig
+Imports go one way: config ← autoencoder ← codec (lazily, where a leader computes a
+code) ← pool; config ← codec, pool.
+"""
+
+from flcomp.codecs.compressors.lgc.codec import LGC
+from flcomp.codecs.compressors.lgc.config import LGCConfig
 from flcomp.codecs.compressors.lgc.pool import LGCPool
 from flcomp.codecs.registry import register
 

@@ -1,4 +1,4 @@
-"""LGC's autoencoder (METHODS.md §2): the one torch user among the codecs.
+"""LGC's autoencoder (docs/METHODS.md §2): the one torch user among the codecs.
 
 Input: a client's n values on the index set, divided by their RMS scale, as one
 channel of length n. Shapes with the defaults (k = 3, stride 2, padding 1):
@@ -13,7 +13,7 @@ channel of length n. Shapes with the defaults (k = 3, stride 2, padding 1):
 
 One encoder, one decoder per client and a shared one, all layer sizes from
 `LGCConfig`. Loss per round of K clients, with one of their codes z_src drawn at
-random feeding every decoder (METHODS.md: the decoder input is one client's code
+random feeding every decoder (docs/METHODS.md §2: the decoder input is one client's code
 plus each client's own innovation):
 
     λ1 · Σ_k MSE(u_k, D_k(z_src, innovation_k))  +  λ2 · Σ_{i≠j} MSE(z_i, z_j)
@@ -42,8 +42,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from flcomp.codecs.compressors.lgc.codec import LGCConfig
-from flcomp.codecs.compressors.lgc.pool import Group
+from flcomp.codecs.compressors.lgc.config import Group, LGCConfig
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

@@ -15,8 +15,8 @@ Three stages, by server round t (T1 = `stage1_rounds`, T2 = `stage2_rounds`):
     stage 3, t > T1 + T2   the leader sends the latent code of its values on I_t and its
                            innovation; every other client only its innovation
 
-The server plans every round (`flcomp.codecs.compressors.lgc.pool.LGCPool.plan_round`): it picks
-the leader among the round's clients, deterministic from the run's seed and the
+The server plans every round (`flcomp.codecs.compressors.lgc.pool.LGCPool.plan_round`): it
+picks the leader among the round's clients, deterministic from the run's seed and the
 round, and sends each client *side information* with its instruction (its mode,
 I_t, and for a leader that lacks it the frozen encoder), counted as downlink. The
 client's encoder folds it into the step (`Compressor.receive`), so the fingerprint
@@ -32,7 +32,7 @@ lost, the previous set stays; before any set exists (T1 = 0, or the proposal was
 lost) a round falls back to every client's own top-k.
 
 Values. Tensor i (n_i entries) contributes k_i = ⌈ratio·n_i⌉ positions to I_t
-(`topk.kept_count`): n = Σ k_i values v = p[I_t], concatenated in tensor order. The
+(`flcomp.codecs.coding.sparse.kept_count`): n = Σ k_i values v = p[I_t], concatenated in tensor order. The
 innovation [decision] is the m = ⌈innovation_fraction·n⌉ entries of v of largest
 magnitude, sent exactly (positions within [0, n), values), with the RMS scale s of
 v for the conv autoencoder, which works on v / s.
@@ -83,237 +83,57 @@ side information (a driver that plans nothing) LGC is top-k with error feedback.
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from flcomp.codecs.coding.positions import decode_positions, encode_positions
-from flcomp.codecs.coding.sparse import ValueDtype, kept_count, read_values, top_k_positions, write_values
+from flcomp.codecs.coding.sparse import kept_count, read_values, top_k_positions, write_values
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
+from flcomp.codecs.compressors.lgc.config import (
+    DEFAULT_PLAN,
+    INNOVATION,
+    LATENT,
+    PLAIN,
+    TOPK,
+    VALUES,
+    LGCConfig,
+    Message,
+    Plan,
+    encoder_tag,
+)
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.spec import ModelSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter, unpack
 
-if TYPE_CHECKING:
-    pass
-
-PLAIN, TOPK, VALUES, LATENT, INNOVATION = range(5)
-"""Payload modes (see the module docstring)."""
-MODE_NAMES = ("plain", "topk", "values", "latent", "innovation")
-
 _PROPOSE = 0x01
 _WEIGHTS = 0x02
-
-
-@dataclass(frozen=True)
-class LGCConfig:
-    ratio: float = 0.01
-    """ρ, fraction of each tensor's entries in the index set I_t (and sent by the
-    top-k warm-up), in (0, 1]. METHODS.md: about 1e-3 for large models, larger for
-    small ones; it sets n, the autoencoder's input length."""
-    innovation_fraction: float = 0.1
-    """Fraction of the n index-set values each client sends exactly in stage 3
-    (m = ⌈fraction·n⌉), in (0, 1]: the "much smaller ratio" of METHODS.md relative
-    to ρ. Raise it when clients' updates differ (non-IID data) and the joint estimate
-    suffers; stage-3 bits grow about linearly with it."""
-    stage1_rounds: int = 5
-    """T1, warm-up rounds (stage 1), ≥ 0."""
-    stage2_rounds: int = 20
-    """T2, rounds in which the server trains the autoencoder (stage 2), ≥ 0. More
-    rounds: more training data and autoencoder steps, later savings. 0 goes to stage
-    3 with an untrained autoencoder (an ablation)."""
-    warmup: Literal["plain", "topk"] = "plain"
-    """Stage 1: "plain" sends the update whole (float32, as the paper's warm-up);
-    "topk" sends each client's own top-k with error feedback."""
-    autoencoder: Literal["conv", "identity"] = "conv"
-    """"conv": the learned 1-D conv autoencoder of METHODS.md §2 (torch, on the
-    server's CPU; `flcomp.codecs.compressors.lgc.autoencoder`). "identity": no learning, the
-    leader's values are its code and every client's estimate (the ablation that
-    shows what learning adds; its code is n values instead of about n/4)."""
-    encoder_channels: str = "64-128-256-64"
-    """Channels of the encoder's strided conv layers, "-"-separated (input: 1)."""
-    latent_channels: int = 4
-    """Channels of the latent code (a kernel-1 conv after the stack): the code has
-    latent_channels·⌈n/stride^layers⌉ values, about n/4 with the defaults."""
-    decoder_channels: str = "32-64-128-32"
-    """Channels of each decoder's transposed conv layers, "-"-separated; at least as
-    many layers as the encoder, so that they reach back to n."""
-    kernel_size: int = 3
-    """Kernel of the strided (transposed) convs, odd (padding (k−1)/2)."""
-    stride: int = 2
-    """Stride of the strided (transposed) convs: each encoder layer divides the
-    length by it (rounding up). Larger: a shorter code, coarser reconstruction."""
-    output_kernel_size: int = 1
-    """Kernel of each decoder's final conv, odd, which mixes the decoded channels with
-    the innovation (and its mask) into the estimate."""
-    negative_slope: float = 0.01
-    """Slope of the LeakyReLU after every strided (transposed) conv, ≥ 0."""
-    lambda_reconstruction: float = 0.5
-    """λ1, weight of Σ_k MSE(x_k, x̂_k) in the autoencoder's loss, > 0."""
-    lambda_similarity: float = 0.5
-    """λ2, weight of Σ_{i≠j} MSE(z_i, z_j) (latent codes of one round's clients),
-    ≥ 0: it makes one client's code stand in for the others'."""
-    ae_lr: float = 1e-3
-    """Adam's step size for the autoencoder (β = 0.9, 0.999, ε = 1e-8)."""
-    ae_steps: int = 20
-    """Adam steps per stage-2 round, ≥ 0: the server's training time per round is
-    about proportional (see `LGCPool.history`)."""
-    ae_batch: int = 4
-    """Rounds (each: all of that round's clients) per Adam step, ≥ 1."""
-    ae_window: int = 10
-    """The newest rounds of stage-2 values kept to train on, ≥ 1."""
-    per_client_decoders: bool = True
-    """One decoder per client seen in stage 2 (METHODS.md), and the shared decoder for
-    the others; False: the shared decoder for everyone (fewer weights, for many
-    clients or short stage 2)."""
-    value_dtype: ValueDtype = "float32"
-    """Wire type of every value sent (top-k, values, code, innovation); "float16"
-    halves their bits. Plain warm-up updates stay float32."""
-    feedback: Literal["innovation", "index_set"] = "innovation"
-    """What a stage-3 client counts as delivered for its error feedback [decision].
-    "innovation" (METHODS.md: error feedback keeps what was not sent): only what it
-    sent exactly; the rest of its values on I_t stays in e and is sent again later,
-    so whatever the decoder filled in for it counts twice. "index_set" (the paper's
-    reimplementation): its values on I_t, which the joint decode means to
-    reconstruct; the reconstruction error is then lost. On Fashion-MNIST
-    (examples/lgc_experiment.py, 600 rounds) "innovation" ended 0.5 to 3.8 points
-    more accurate; "index_set" suits an autoencoder whose estimates are accurate."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.ratio <= 1 or not 0 < self.innovation_fraction <= 1:
-            raise ValueError("LGC needs ratio and innovation_fraction in (0, 1]")
-        if min(self.stage1_rounds, self.stage2_rounds, self.ae_steps) < 0:
-            raise ValueError("LGC needs stage1_rounds, stage2_rounds and ae_steps ≥ 0")
-        if min(self.ae_batch, self.ae_window, self.latent_channels, self.stride) < 1:
-            raise ValueError("LGC needs ae_batch, ae_window, latent_channels and stride ≥ 1")
-        for name in ("kernel_size", "output_kernel_size"):
-            k = getattr(self, name)
-            if k < 1 or k % 2 == 0:
-                raise ValueError(f"LGC needs an odd {name} ≥ 1, got {k}")
-        encoder, decoder = _channels(self.encoder_channels), _channels(self.decoder_channels)
-        if len(decoder) < len(encoder):
-            raise ValueError("LGC's decoder needs at least as many layers as its encoder")
-        if not (self.lambda_reconstruction > 0 and self.lambda_similarity >= 0 and self.ae_lr > 0):
-            raise ValueError("LGC needs lambda_reconstruction > 0, lambda_similarity ≥ 0 and ae_lr > 0")
-        if not self.negative_slope >= 0:
-            raise ValueError("LGC needs negative_slope ≥ 0")
-
-    @property
-    def encoder_layers(self) -> tuple[int, ...]:
-        return _channels(self.encoder_channels)
-
-    @property
-    def decoder_layers(self) -> tuple[int, ...]:
-        return _channels(self.decoder_channels)
-
-    def encoder_layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        """(name, shape) of the encoder's parameters, in the order of its flat weights."""
-        if self.autoencoder == "identity":
-            return []
-        layout = []
-        channels = (1, *self.encoder_layers)
-        for i, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
-            layout += [(f"conv{i}.weight", (c_out, c_in, self.kernel_size)), (f"conv{i}.bias", (c_out,))]
-        return layout + [
-            ("latent.weight", (self.latent_channels, channels[-1], 1)),
-            ("latent.bias", (self.latent_channels,)),
-        ]
-
-    def decoder_layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        """(name, shape) of one decoder's parameters (conv-transpose weights are in × out × k)."""
-        layout = []
-        channels = (self.latent_channels, *self.decoder_layers)
-        for i, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
-            layout += [(f"deconv{i}.weight", (c_in, c_out, self.kernel_size)), (f"deconv{i}.bias", (c_out,))]
-        return layout + [
-            ("out.weight", (1, channels[-1] + 2, self.output_kernel_size)),
-            ("out.bias", (1,)),
-        ]
-
-    @property
-    def encoder_size(self) -> int:
-        """P, the number of encoder weights (0 for the identity autoencoder)."""
-        return sum(math.prod(shape) for _, shape in self.encoder_layout())
-
-    def code_length(self, n: int) -> int:
-        """The latent code's length per channel for n values."""
-        for _ in self.encoder_layers:
-            n = -(-n // self.stride)
-        return n
-
-    def code_size(self, n: int) -> int:
-        """Values in the leader's code for n index-set values."""
-        if self.autoencoder == "identity":
-            return n
-        return self.latent_channels * self.code_length(n)
-
-
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        channels = tuple(int(c) for c in text.split("-"))
-    except ValueError:
-        raise ValueError(f"LGC channels must be '-'-separated integers, got {text!r}") from None
-    if not channels or min(channels) < 1:
-        raise ValueError(f"LGC channels must be positive, got {text!r}")
-    return channels
-
-
-def encoder_tag(weights: np.ndarray) -> int:
-    """A nonzero 32-bit tag of encoder weights (0 means "no encoder")."""
-    digest = hashlib.blake2b(np.ascontiguousarray(weights, np.float32).tobytes(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") or 1
-
-
-@dataclass(frozen=True, eq=False)
-class Plan:
-    """One client's part of a round's plan: what its side information says."""
-
-    mode: int = TOPK
-    """The payload mode the server expects (a leader without the encoder falls back
-    from LATENT to VALUES)."""
-    propose: bool = False
-    """Whether the client proposes the next round's index set."""
-    tag: int = 0
-    """The tag of the encoder a LATENT client encodes with (0 otherwise, and always
-    with the identity autoencoder)."""
-    index: tuple[np.ndarray, ...] | None = None
-    """I_t per tensor (sorted int64 positions), for modes VALUES, LATENT, INNOVATION."""
-    weights: np.ndarray | None = None
-    """The encoder's flat weights when they come with this plan."""
-
-
-@dataclass(eq=False)
-class Message:
-    """A payload's body, parsed."""
-
-    mode: int
-    values: list[np.ndarray] | np.ndarray | None = None
-    """PLAIN: the tensors; TOPK: dense tensors; VALUES: the n values (float32)."""
-    code: np.ndarray | None = None
-    """LATENT: the leader's code (float32)."""
-    innovation: np.ndarray | None = None
-    """LATENT, INNOVATION: positions of the innovation within [0, n)."""
-    innovation_values: np.ndarray | None = None
-    scale: float = 1.0
-    """RMS of the client's values on I_t (conv autoencoder)."""
-    proposal: tuple[np.ndarray, ...] | None = None
-
-
-DEFAULT_PLAN = Plan()
-"""The plan of a step without side information: own top-k, no proposal."""
+STAGE_OF_MODE = {PLAIN: 1, TOPK: 1, VALUES: 2, LATENT: 3, INNOVATION: 3}
+"""The stage a plan's mode belongs to (the `stage` stat)."""
 
 
 class LGC(Compressor):
-    """Learned gradient compression: see the module docstring."""
+    """Learned gradient compression: see the module docstring.
+
+    Stats (what each step did, `Step.stats`):
+
+    - ``stage``: the stage its plan belongs to, 1 (plain or top-k: the warm-up, and
+      the own-top-k fallback of a round before any index set exists), 2 (values) or 3
+      (latent or innovation, a leader's fallback to its values included).
+    - ``entries_sent``: update entries whose values the payload carries exactly (the
+      whole update, the top-k, the n values on I_t, or the m innovation entries).
+    - ``code_values``: values of the leader's latent code in the payload (0 unless it
+      sent one).
+    - ``encoder_bytes``: bytes of encoder weights its side information brought (0
+      unless this step is the one that delivered the frozen encoder to it).
+    - ``proposed``: 1 when the payload proposes the next round's index set, else 0.
+    """
 
     name = "lgc"
     codec_id = 17
     Config = LGCConfig
     own_error_feedback = True  # per stage (see the module docstring)
+    stats = ("stage", "entries_sent", "code_values", "encoder_bytes", "proposed")
 
     def __init__(self, spec: ModelSpec, config: LGCConfig) -> None:
         super().__init__(spec, config)
@@ -417,21 +237,26 @@ class LGC(Compressor):
             mode = VALUES  # it lacks the encoder (its state was lost): its values, exactly
         p = [xi + local[f"ef/{i}"] for i, xi in enumerate(x)]
         out.struct("BB", mode, _PROPOSE if plan.propose else 0)
+        code_values = 0
         if mode == PLAIN:
             for pi in p:
                 out.array(pi)
             decoded, errors = p, [np.zeros_like(pi) for pi in p]
+            sent = self.spec.size
         elif mode == TOPK:
             decoded = [self._encode_topk(pi, k, out) for pi, k in zip(p, self.k)]
             errors = [pi - di for pi, di in zip(p, decoded)]
+            sent = self.n
         else:
             v = self.gather(plan.index, p)
             if mode == VALUES:
                 decoded = self.scatter(plan.index, write_values(v, self.config.value_dtype, out))
                 errors = [pi - di for pi, di in zip(p, decoded)]
+                sent = self.n
             else:
+                sent = self.m
                 if mode == LATENT:
-                    write_values(self.code(v, weights), self.config.value_dtype, out)
+                    code_values = write_values(self.code(v, weights), self.config.value_dtype, out).size
                 decoded = self.scatter(plan.index, self._encode_innovation(v, out))
                 if self.config.feedback == "innovation":
                     errors = [pi - di for pi, di in zip(p, decoded)]
@@ -446,7 +271,14 @@ class LGC(Compressor):
                 encode_positions(top_k_positions(guess, k) if k else np.zeros(0, np.int64), t.size, out)
         local = {f"ef/{i}": ei for i, ei in enumerate(errors)}
         local |= {"encoder": weights, "encoder_tag": np.array(held, np.uint32)}
-        return Step(decoded, self._next_shared(shared, plan), local)
+        stats = {
+            "stage": float(STAGE_OF_MODE[plan.mode]),
+            "entries_sent": float(sent),
+            "code_values": float(code_values),
+            "encoder_bytes": float(0 if plan.weights is None else plan.weights.nbytes),
+            "proposed": float(plan.propose),
+        }
+        return Step(decoded, self._next_shared(shared, plan), local, stats)
 
     def _encode_topk(self, p: np.ndarray, k: int, out: PayloadWriter) -> np.ndarray:
         positions = top_k_positions(np.abs(p), k) if k else np.zeros(0, np.int64)
@@ -496,9 +328,14 @@ class LGC(Compressor):
     # --- decoding ---------------------------------------------------------------------
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
+        _, flat, new_shared = self.decode_message(body, shared)
+        return flat, new_shared
+
+    def decode_message(self, body: PayloadReader, shared: State) -> tuple[Message, list[np.ndarray], State]:
+        """`decode`, with the parsed message beside its result (what the joint decode reads)."""
         plan = self.plan_of(shared)
         message = self.read(body, plan)
-        return self.explicit(message, plan), self._next_shared(shared, plan)
+        return message, self.explicit(message, plan), self._next_shared(shared, plan)
 
     def read_payload(self, payload: bytes, plan: Plan) -> Message:
         """Parse a whole payload (header checked again) sent under `plan`."""

@@ -20,7 +20,9 @@ from the leader's code with its own decoder, or with the shared decoder when it
 has none (it took no part in stage 2, or `per_client_decoders=False`). A leader
 that lacked the encoder sends its values instead: the server encodes them itself.
 Without the leader's payload (lost, late, malformed) the round degrades to what
-each payload holds on its own, the innovations.
+each payload holds on its own, the innovations. Each payload is parsed once: the
+client's `Decoder` checks it and runs the loss-safe protocol, and the message its
+decode parsed (`ParsingLGC`) is what the joint decode reads.
 
 Training (stage 2). Each round's values (all clients that delivered, each with its
 RMS scale and innovation, as stage 3 would see them) join a window of the newest
@@ -34,48 +36,47 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flcomp.codecs.coding.sparse import top_k_positions
-from flcomp.codecs.compressors.lgc.codec import (
-    DEFAULT_PLAN,
+from flcomp.codecs.compressor import State
+from flcomp.codecs.compressors.lgc.codec import LGC
+from flcomp.codecs.compressors.lgc.config import (
     INNOVATION,
     LATENT,
-    LGC,
     MODE_NAMES,
     PLAIN,
     TOPK,
     VALUES,
+    Group,
     Message,
     Plan,
     encoder_tag,
 )
 from flcomp.codecs.endpoints import Decoder, DecoderPool, RoundDecoding
 from flcomp.codecs.errors import PayloadError
+from flcomp.codecs.wire import PayloadReader
 
 if TYPE_CHECKING:
     from flcomp.codecs.compressors.lgc.autoencoder import Autoencoder
 
 
-@dataclass(frozen=True)
-class Group:
-    """One stage-2 round's values, as the autoencoder trains on them (K clients, n values)."""
+class ParsingLGC(LGC):
+    """LGC as the pool's decoders run it: it decodes exactly as `LGC` and keeps the message
+    it parsed last (`parsed`), so that the joint decode reads each payload once. The
+    pool's own scratch space, read right after each `Decoder.decode` that succeeded."""
 
-    clients: tuple[str, ...]
-    u: np.ndarray
-    """(K, n) float32: each client's values divided by its scale."""
-    innovation: np.ndarray
-    """(K, n) float32: u on each client's innovation entries, 0 elsewhere."""
-    mask: np.ndarray
-    """(K, n) float32: 1 on each client's innovation entries."""
-    scale: np.ndarray
-    """(K,) float32: each client's RMS scale s."""
-    leader: int
-    """Index of the round's leader in `clients`, -1 when its values are missing."""
+    def __init__(self, lgc: LGC) -> None:
+        super().__init__(lgc.spec, lgc.config)
+        self.parsed: Message | None = None
+
+    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
+        self.parsed, flat, new_shared = self.decode_message(body, shared)
+        return flat, new_shared
 
 
 @dataclass
@@ -109,10 +110,15 @@ class RoundStats:
 
 class LGCPool(DecoderPool):
     """LGC's server side: see the module docstring. `seed` draws the leaders and the
-    autoencoder's initial weights and training batches."""
+    autoencoder's initial weights and training batches.
 
-    def __init__(self, lgc: LGC, make_decoder: Callable[[], Decoder], seed: int = 0) -> None:
-        super().__init__(make_decoder)
+    Called as the registry calls a pool, `LGCPool(lgc, seed)`; its decoders are
+    `Decoder(ParsingLGC(lgc))`: LGC's decoding (a wrapper around LGC forwards decoding
+    and shared state unchanged) with each payload's parse kept for the joint decode."""
+
+    def __init__(self, lgc: LGC, seed: int = 0) -> None:
+        self.parsing = ParsingLGC(lgc)
+        super().__init__(lambda: Decoder(self.parsing))
         self.lgc = lgc
         self.config = lgc.config
         self.seed = seed
@@ -194,13 +200,13 @@ class LGCPool(DecoderPool):
         result = RoundDecoding()
         messages: dict[str, Message] = {}
         for client, payload in payloads.items():
+            self.parsing.parsed = None
             try:
-                update = self.decoder(client).decode(payload, self.side.get(client, b""))
+                result.updates[client] = self.decoder(client).decode(payload, self.side.get(client, b""))
             except PayloadError as e:
                 result.errors[client] = e
                 continue
-            messages[client] = self.lgc.read_payload(payload, self.plans.get(client, DEFAULT_PLAN))
-            result.updates[client] = update
+            messages[client] = self.parsing.parsed
         stats = self.history[-1] if self.history and self.history[-1].round == self.round else None
         leader = messages.get(self.leader)
         if leader is not None and leader.proposal is not None:
