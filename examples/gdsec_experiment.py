@@ -1,4 +1,4 @@
-"""GD-SEC (issue 6) in distributed-GD mode, against GD, LAG, top-k with error feedback and QSGD.
+"""GD-SEC in distributed-GD mode, against GD, LAG, top-k with error feedback and QSGD.
 
 Distributed GD: K = 10 clients, one full-batch gradient step a round (Δ = lr·∇f_k; the server
 averages, so this is GD on f = mean f_k), step lr = 1/L:
@@ -13,44 +13,39 @@ mini-batch SGD, as in the TPC experiment), where test accuracy ≥ 0.9 takes the
 
 For every problem and codec it reports the rounds and uplink bits (all clients, headers
 included) to the target, as multiples of GD's (`fp32`), and the fraction of model entries
-the clients sent, counted from the payloads themselves (`count_components`). Top-k runs at
-several ratios, and the one with the fewest bits to the target is the floors' "best tuned
-ratio"; GD-SEC runs at several ξ. Issue 6's floors are checked on both synthetic problems
-for every seed (the tables show the first).
+the clients sent, as their encoders reported it (`entries_sent`, column stat_entries_sent of
+rounds.csv; LAG's `sent`). Top-k runs at several ratios, and the one with the fewest bits to
+the target is the floors' "best tuned ratio"; GD-SEC runs at several ξ. GD-SEC's floors
+(≤ 1.2× GD's rounds, ≤ 20% of its bits, fewer bits than the best top-k) are checked on both
+synthetic problems for every seed (the tables show the first).
 It prints a markdown section, writes it to docs/RESULTS.md (section "gdsec") and one plot
 per problem (gap or accuracy vs cumulative uplink bits and vs rounds) to docs/gdsec_<problem>.png.
 
+With --sweep it runs instead the sweeps behind `GDSECConfig`'s docstrings: ξ (XI_VALUES) on
+synthetic-linear, synthetic-logistic and digits-logreg, and on the synthetic ones β, fp16
+values and the top-k rule (VARIANTS), against GD, every seed, into section "gdsec-xi"
+(hours on 2 cores at the problems' own rounds).
+
     python examples/gdsec_experiment.py                 # everything (~30 min on 2 cores)
     python examples/gdsec_experiment.py --seeds 0 --rounds 2 --problems synthetic-linear \
-        --out /tmp/gdsec --results /tmp/gdsec/RESULTS.md --plots /tmp/gdsec   # a smoke run
+        --out /tmp/gdsec --docs /tmp/gdsec   # a smoke run
+    python examples/gdsec_experiment.py --sweep         # the sweeps
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shlex
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import Message
-
 from flcomp.cli import slug
-from flcomp.codecs import Codec, ModelSpec
-from flcomp.codecs.coding.positions import decode_positions
-from flcomp.codecs.coding.sparse import read_values
-from flcomp.codecs.wire import unpack
-from flcomp.protocol import records
-from flcomp.sim import RunConfig, load_run, plot_runs, run
+from flcomp.codecs import ModelSpec
+from flcomp.sim import experiment
 from flcomp.sim.apps import load_task
-from flcomp.sim.inline import InlineGrid
+from flcomp.sim.experiment import Rows
 from flcomp.sim.problems import Problem as TargetProblem
 from flcomp.sim.problems import uplink_mbit
-from flcomp.sim.results import write_section
 from flcomp.tasks import TaskConfig
 
 GD = dict(mode="gd", batch_size=0, num_clients=10)
@@ -59,6 +54,20 @@ TOPK_RATIOS = (0.1, 0.3, 0.5, 0.9, 0.95)
 """Top-k's sweep: with error feedback it plateaus above 1e-6 unless nearly everything is sent."""
 XI_SWEEP = {10: "gdsec:xi=10", 20: "gdsec:xi=20", 30: "gdsec", 40: "gdsec:xi=40", 60: "gdsec:xi=60"}
 """GD-SEC's ξ sweep: ξ → codec (30 is the default)."""
+XI_VALUES = {
+    "synthetic-linear": (10, 20, 30, 40, 60, 80),
+    "synthetic-logistic": (10, 20, 30, 40, 60, 80),
+    "digits-logreg": (5, 10, 20, 30),
+}
+"""`--sweep`'s ξ on each of its problems: the values `GDSECConfig.xi` cites."""
+VARIANTS = (
+    "gdsec:beta=0.8",
+    "gdsec:beta=0.5",
+    "gdsec:value_dtype=float16",
+    "gdsec:rule=topk,ratio=0.1",
+    "gdsec:rule=topk,ratio=0.2",
+)
+"""`--sweep`'s other runs on the synthetic problems (`GDSECConfig.beta`, `value_dtype`, `rule`)."""
 
 
 @dataclass(frozen=True)
@@ -122,63 +131,25 @@ CODECS = {
 """What each row is (r and x stand for the sweeps' values)."""
 
 
-def count_components(codec: Codec, spec: ModelSpec, payload: bytes) -> int:
-    """How many model entries a payload carries, read from its body: the count of each
-    tensor for the sparse codecs (GD-SEC, top-k: u32 m | positions | m values), every entry
-    or none for LAG (u8 sent | every tensor), every entry for the dense ones."""
-    if codec.name not in ("gdsec", "topk", "lag"):
-        return spec.size
-    _, body = unpack(payload, codec.compressor_class.codec_id, len(spec))
-    if codec.name == "lag":
-        return spec.size * body.struct("B")[0]
-    total = 0
-    for t in spec.tensors:
-        (m,) = body.struct("I")
-        decode_positions(body, m, t.size)
-        read_values(body, codec.config.value_dtype, m)
-        total += m
-    body.finish()
-    return total
-
-
-def _payload(reply: Message) -> bytes | None:
-    if reply.has_error():
-        return None
-    for record in reply.content.array_records.values():
-        if records.PAYLOAD in record:
-            return record[records.PAYLOAD].data
-    return None
-
-
-@contextmanager
-def counting_components(codec: Codec, spec: ModelSpec) -> Iterator[list[tuple[int, int]]]:
-    """Within the block, every training round of an inline run appends (entries sent, payloads)
-    to the yielded list, summed over its clients and counted from the payloads that cross the
-    grid. It observes InlineGrid.send_and_receive and changes nothing."""
-    rounds: list[tuple[int, int]] = []
-    original = InlineGrid.send_and_receive
-
-    def send_and_receive(grid, messages, *, timeout=None):
-        replies = original(grid, messages, timeout=timeout)
-        payloads = [p for p in map(_payload, replies) if p is not None]
-        if payloads:
-            rounds.append((sum(count_components(codec, spec, p) for p in payloads), len(payloads)))
-        return replies
-
-    InlineGrid.send_and_receive = send_and_receive
-    try:
-        yield rounds
-    finally:
-        InlineGrid.send_and_receive = original
+def entries_sent(rows: Rows, size: int, rounds: int | None = None) -> float:
+    """The model entries the clients' payloads carried over the first `rounds` training rounds
+    (all if None), as the encoders reported them: `entries_sent` for the sparse codecs (GD-SEC,
+    top-k), every entry or none for LAG (`sent`), every entry for the codecs that report
+    neither (the dense ones)."""
+    sent = experiment.stat_sum(rows, "entries_sent", rounds)
+    if sent is not None:
+        return sent
+    updates = experiment.stat_sum(rows, "sent", rounds)
+    if updates is None:
+        updates = sum(r["clients_accepted"] for r in experiment.trained(rows, rounds))
+    return size * updates
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One run: its rounds.csv rows and the entries its payloads carried per round."""
+    """One run: its rounds.csv rows and its model's size."""
 
-    rows: list[dict]
-    sent: list[tuple[int, int]]
-    """(entries sent, payloads) per training round, from `counting_components`."""
+    rows: Rows
     size: int
     """d, the model's entry count."""
 
@@ -186,27 +157,18 @@ class Outcome:
         """The first trained round that meets the problem's target, or None."""
         return problem.reached(self.rows)
 
-    def fraction_sent(self, rounds: int) -> float:
-        """Entries sent per client per round over the first `rounds` rounds, as a fraction of d."""
-        sent = self.sent[:rounds]
-        return sum(s for s, _ in sent) / (self.size * sum(n for _, n in sent))
+    def fraction_sent(self, rounds: int | None = None) -> float:
+        """Entries sent per client per round over the first `rounds` rounds (all if None), as a
+        fraction of d."""
+        payloads = sum(r["clients_accepted"] for r in experiment.trained(self.rows, rounds))
+        return entries_sent(self.rows, self.size, rounds) / (self.size * payloads)
 
 
 def run_problem(problem: Problem, seed: int, out: Path, quiet: bool) -> dict[str, Outcome]:
     """Run every codec of `problem` with task and run seed `seed`; codec → its outcome."""
-    task = problem.task_for(seed)
-    spec = ModelSpec.of(load_task(task).initial_arrays())
-    outcomes = {}
-    for codec in problem.codecs:
-        directory = out / slug(codec)
-        with counting_components(Codec.parse(codec), spec) as sent:
-            run(
-                RunConfig(task=task, codec=codec, rounds=problem.rounds, seed=seed, engine="inline"),
-                directory,
-                not quiet,
-            )
-        outcomes[codec] = Outcome(load_run(directory)[1], sent, spec.size)
-    return outcomes
+    size = ModelSpec.of(load_task(problem.task_for(seed)).initial_arrays()).size
+    runs = experiment.problem_runs(problem, problem.codecs, seed, out, slug)
+    return {codec: Outcome(rows, size) for codec, rows in experiment.run_all(runs, quiet).items()}
 
 
 def best_topk(problem: Problem, outcomes: dict[str, Outcome]) -> str | None:
@@ -224,13 +186,8 @@ def table_rows(name: str, problem: Problem, outcomes: dict[str, Outcome], codecs
     for codec in codecs:
         outcome = outcomes[codec]
         hit = outcome.reached(problem)
-        cells = ["not reached", "", "", ""]
-        if hit is not None:
-            cells = [f"{hit['round']:.0f}", "", f"{uplink_mbit(hit):.3f}", ""]
-            if base is not None:
-                cells[1] = f"{hit['round'] / base['round']:.2f}"
-                cells[3] = f"{hit['cumulative_uplink_bytes'] / base['cumulative_uplink_bytes']:.1%}"
-        sent = outcome.fraction_sent(int(hit["round"]) if hit else len(outcome.sent))
+        cells = experiment.target_cells(hit, base)
+        sent = outcome.fraction_sent(int(hit["round"]) if hit else None)
         last = outcome.rows[-1]
         final = f"{last['gap']:.1e}" if problem.metric == "gap" else f"{last['accuracy']:.4f}"
         label = f"`{codec}`" + (" (best top-k)" if codec == best else "")
@@ -239,7 +196,7 @@ def table_rows(name: str, problem: Problem, outcomes: dict[str, Outcome], codecs
 
 
 def floor_lines(name: str, problem: Problem, outcomes: dict[str, Outcome]) -> list[str]:
-    """Issue 6's floors for GD-SEC with its defaults on one problem and seed: ≤ 1.2× GD's rounds
+    """The floors for GD-SEC with its defaults on one problem and seed: ≤ 1.2× GD's rounds
     and ≤ 20% of GD's uplink bits to the target, and fewer bits than top-k at its best ratio
     (among the top-k runs in `outcomes`)."""
     if not {"fp32", "gdsec"} <= outcomes.keys():
@@ -279,34 +236,23 @@ def plotted(problem: Problem, outcomes: dict[str, Outcome]) -> list[str]:
     return [c for c in problem.codecs if c in BASELINES + GDSEC or c == best]
 
 
-def main(argv: list[str] | None = None) -> str:
-    """Run the experiment; print and write its section and plots; return the section."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2],
-        help="the first makes the tables; all check the floors",
-    )
-    parser.add_argument("--rounds", type=int, help="rounds of every run (default: each problem's own)")
-    parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
-    parser.add_argument("--codecs", nargs="+", help="run only these of each problem's codecs (default: all)")
-    parser.add_argument("--out", type=Path, default=Path("results/gdsec"), help="runs' results directories")
-    parser.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"))
-    parser.add_argument("--plots", type=Path, default=Path("docs"), help="directory of the PNG plots")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    problems = {}
-    for name in args.problems:
-        p = PROBLEMS[name]
-        codecs = tuple(c for c in p.codecs if args.codecs is None or c in args.codecs)
-        problems[name] = dataclasses.replace(p, rounds=args.rounds or p.rounds, codecs=codecs)
+HEADER = [
+    f"| problem | codec | {experiment.TARGET_COLUMNS} | entries sent | final gap or accuracy |",
+    "|---|---|---:|---:|---:|---:|---:|---:|",
+]
+SETUP = (
+    "inline engine, K = 10 clients, every client in every round). The GD problems take the step 1/L, "
+    "where `fp32` is plain GD. Targets: relative objective gap ≤ 1e-6 (synthetic), ≤ 1e-4 (digits), or "
+    "test accuracy ≥ 0.9 for the federated run; rounds and uplink Mbit (all clients, headers included) "
+    "are counted at the first round that meets it, ratios against `fp32`. Entries sent: model entries "
+    "the payloads carried per client per round up to the target (else over the whole run), as a share "
+    "of the model's, as the encoders reported them (`entries_sent`; LAG: `sent`)."
+)
 
-    rows, sweep, floors, plots = [], [], [], []
+
+def comparison(args: argparse.Namespace, problems: dict[str, Problem], argv: list[str] | None) -> str:
+    """The main experiment: every problem's codecs on the first seed; the floors on every seed."""
+    rows, swept_rows, floors, plots = [], [], [], []
     first, *others = args.seeds
     for name, problem in problems.items():
         outcomes = run_problem(problem, first, args.out / f"seed{first}" / name, args.quiet)
@@ -315,7 +261,7 @@ def main(argv: list[str] | None = None) -> str:
         )
         swept = [c for c in XI_SWEEP.values() if c in outcomes]
         if len(swept) > 1:
-            sweep += table_rows(name, problem, outcomes, swept)
+            swept_rows += table_rows(name, problem, outcomes, swept)
         if name in FLOOR_PROBLEMS:
             floors += floor_lines(f"{name}, seed {first}", problem, outcomes)
             again = dataclasses.replace(problem, codecs=floor_codecs(problem, outcomes))
@@ -323,52 +269,85 @@ def main(argv: list[str] | None = None) -> str:
                 more = run_problem(again, seed, args.out / f"seed{seed}" / name, args.quiet)
                 floors += floor_lines(f"{name}, seed {seed}", again, more)
         directories = [args.out / f"seed{first}" / name / slug(c) for c in plotted(problem, outcomes)]
-        plots.append(plot_runs(directories, args.plots / f"gdsec_{name}.png"))
+        plots.append(experiment.plot(args.docs, f"gdsec_{name}.png", directories))
 
-    command = " ".join(["python examples/gdsec_experiment.py", *map(shlex.quote, argv)])
-    header = (
-        "| problem | codec | rounds to target | × fp32's rounds | uplink Mbit to target | of fp32's bits "
-        "| entries sent | final gap or accuracy |\n|---|---|---:|---:|---:|---:|---:|---:|"
-    )
     lines = [
-        "## GD-SEC: sparsified gradient differences with error correction (issue 6)",
+        "## GD-SEC: sparsified gradient differences with error correction",
         "",
-        f"Generated by `{command}` (task and run seed {first} in the tables; inline engine, K = 10 "
-        "clients, every client in every round). The GD problems take the step 1/L, where `fp32` is "
-        "plain GD. Targets: relative objective gap ≤ 1e-6 (synthetic), ≤ 1e-4 (digits), or test "
-        "accuracy ≥ 0.9 for the federated run; rounds and uplink Mbit (all clients, headers "
-        "included) are counted at the first round that meets it, ratios against `fp32`. Entries "
-        "sent: model entries the payloads carried per client per round up to the target (else over "
-        "the whole run), as a share of the model's, read from the payloads' bodies.",
+        f"Generated by `{experiment.command('gdsec_experiment.py', argv)}` (task and run seed {first} in "
+        f"the tables; {SETUP}",
         "",
         *[f"- {name}: {p.label}; {p.rounds} rounds" for name, p in problems.items()],
         *[f"- `{c}`: {what}" for c, what in CODECS.items()],
         "",
-        header,
+        *HEADER,
         *rows,
     ]
-    if sweep:
+    if swept_rows:
         lines += [
             "",
             "GD-SEC's ξ sweep (threshold (ξ/K)·‖w(t) − w(t−1)‖/√d, ξ = 30 by default; where the "
             "clients' gradients change alike, as on digits, what they drop adds up and ξ ≤ K keeps GD's "
             "rounds, see `GDSECConfig.xi`):",
             "",
+            *HEADER,
+            *swept_rows,
         ]
-        lines += [header, *sweep]
     if floors:
         lines += [
             "",
-            f"Issue 6's floors, GD-SEC with its defaults (`gdsec`); seeds after the first run GD, "
+            f"The floors, GD-SEC with its defaults (`gdsec`); seeds after the first run GD, "
             f"GD-SEC and top-k at seed {first}'s best ratio:",
             "",
             *floors,
         ]
-    lines += ["", *[f"![{p.stem}]({os.path.relpath(p, args.results.parent)})" for p in plots]]
-    section = "\n".join(lines)
-    write_section(args.results, "gdsec", section)
-    print(section)
-    return section
+    lines += ["", *plots]
+    return experiment.publish(args.docs, "gdsec", "\n".join(lines))
+
+
+def sweep(args: argparse.Namespace, problems: dict[str, Problem], argv: list[str] | None) -> str:
+    """The sweeps behind `GDSECConfig`'s docstrings: ξ (XI_VALUES) and VARIANTS against GD, every seed."""
+    rows = []
+    for seed in args.seeds:
+        for name, problem in problems.items():
+            xis = [XI_SWEEP.get(x, f"gdsec:xi={x}") for x in XI_VALUES[name]]
+            codecs = ("fp32", *xis, *(VARIANTS if name in FLOOR_PROBLEMS else ()))
+            if args.codecs is not None:
+                codecs = tuple(c for c in codecs if c in args.codecs)
+            runs = dataclasses.replace(problem, codecs=codecs)
+            outcomes = run_problem(runs, seed, args.out / "sweep" / f"seed{seed}" / name, args.quiet)
+            rows += table_rows(f"{name}, seed {seed}", runs, outcomes, list(codecs))
+    lines = [
+        "## GD-SEC: ξ, β, value type and rule",
+        "",
+        f"Generated by `{experiment.command('gdsec_experiment.py', argv)}` (GD-SEC at each ξ, and on the "
+        "synthetic problems at ξ = 30 with β = 0.8 and 0.5, fp16 values and the top-k rule at ratios "
+        f"0.1 and 0.2, against GD; {SETUP}",
+        "",
+        *[f"- {name}: {p.label}; {p.rounds} rounds" for name, p in problems.items()],
+        "",
+        *HEADER,
+        *rows,
+    ]
+    return experiment.publish(args.docs, "gdsec-xi", "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Run the experiment (or, with --sweep, the sweeps); print and write its section; return it."""
+    parser = experiment.parser(__doc__, out="results/gdsec", seeds=[0, 1, 2])
+    parser.add_argument(
+        "--problems", nargs="+", choices=list(PROBLEMS), help="default: all (--sweep: its own)"
+    )
+    parser.add_argument("--codecs", nargs="+", help="run only these of each problem's codecs (default: all)")
+    parser.add_argument("--sweep", action="store_true", help="run the sweeps (section gdsec-xi) instead")
+    args = parser.parse_args(argv)
+    names = args.problems or list(XI_VALUES if args.sweep else PROBLEMS)
+    problems = {}
+    for name in names:
+        p = PROBLEMS[name]
+        codecs = tuple(c for c in p.codecs if args.codecs is None or c in args.codecs)
+        problems[name] = dataclasses.replace(p, rounds=args.rounds or p.rounds, codecs=codecs)
+    return (sweep if args.sweep else comparison)(args, problems, argv)
 
 
 if __name__ == "__main__":

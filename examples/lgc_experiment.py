@@ -13,14 +13,21 @@ uplink codecs at the same top-k ratio ρ:
 Every run is Flower's ServerApp and ClientApp in one process (`flcomp.sim.inline`).
 Bits are the payloads' real lengths. For LGC the encoder shipped to the leaders and
 the plans (index sets, roles) are downlink side information, reported beside the
-uplink. The autoencoder's reconstruction error is measured in stage 2 by the server
-(each round's values before training on them, decoded as stage 3 would) and in
-stage 3 against the clients' true values, which a diagnostic client mod records in
-this process without sending anything (`Audit`).
+uplink; the encoder's share is what the clients' encoders report (the codec's
+`encoder_bytes` stat, summed over a round's clients in the round's traffic), and the stage
+of a round is LGC's schedule (`stage`). The autoencoder's reconstruction error is
+measured in stage 2 by the server (each round's values before training on them,
+decoded as stage 3 would: `LGCPool.history`) and in stage 3 against the clients'
+true values, which a diagnostic client mod records in this process without sending
+anything (`Audit`): that error joins each client's values, error memory included,
+with the server's estimate, which no per-step number can carry.
 
 It prints a report and writes it to docs/RESULTS.md (section "lgc"), with
-docs/lgc_accuracy_vs_bits.png and docs/lgc_reconstruction_error.png; per-round
-CSV files go under --out.
+docs/lgc_accuracy_vs_bits.png and docs/lgc_reconstruction_error.png (--docs: where
+they go); per-round CSV files go under --out. The common flags (--out, --docs,
+--quiet, --rounds) are `flcomp.sim.experiment.parser`'s; the runs are its own loop
+(FedAvgM with a decaying step, and LGC's diagnostics, which `RunConfig` does not
+express).
 
     python examples/lgc_experiment.py                    # the full experiment (~35 min on 2 cores)
     python examples/lgc_experiment.py --rounds 60 --stage1 5 --stage2 20   # a quick look
@@ -28,7 +35,6 @@ CSV files go under --out.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import os
@@ -46,12 +52,12 @@ from flwr.serverapp.strategy import FedAvgM  # noqa: E402
 
 from flcomp.clients import encoder_state
 from flcomp.codecs import Codec  # noqa: E402
-from flcomp.codecs.compressors.lgc.codec import INNOVATION, LATENT  # noqa: E402
+from flcomp.codecs.compressors.lgc.config import INNOVATION, LATENT  # noqa: E402
 from flcomp.protocol import records  # noqa: E402
 from flcomp.protocol.arrays import to_numpy  # noqa: E402
+from flcomp.sim import experiment  # noqa: E402
 from flcomp.sim.apps import client_app, load_task  # noqa: E402
 from flcomp.sim.inline import InlineGrid  # noqa: E402
-from flcomp.sim.results import write_section  # noqa: E402
 from flcomp.sim.runner import QUIET_ENVIRONMENT  # noqa: E402
 from flcomp.strategies import Compressed  # noqa: E402
 from flcomp.tasks import TaskConfig  # noqa: E402
@@ -87,6 +93,8 @@ class Settings:
     """LGC's feedback: what a stage-3 client counts as delivered."""
     eval_every: int = 50
     seed: int = 0
+    quiet: bool = False
+    """No progress lines (one per evaluation)."""
 
     def codecs(self) -> dict[str, str]:
         lgc = (
@@ -94,6 +102,10 @@ class Settings:
             f"stage2_rounds={self.stage2},ae_steps={self.ae_steps},feedback={self.feedback}"
         )
         return {"fp32": "fp32", "topk+EF": f"topk:ratio={self.ratio}", "LGC": lgc}
+
+    def stage(self, server_round: int) -> int:
+        """LGC's stage (1, 2, 3) of a round, from its schedule."""
+        return 1 if server_round <= self.stage1 else 2 if server_round <= self.stage1 + self.stage2 else 3
 
     def task(self, partition: str) -> TaskConfig:
         kind, alpha = PARTITIONS[partition]
@@ -197,8 +209,9 @@ def run(settings: Settings, partition: str, name: str, codec: str, out: Path) ->
             result.uplink[server_round], result.side[server_round] = traffic.uplink_bytes, traffic.side_bytes
         pool = strategy.pool
         if name == "LGC" and server_round > 0:
-            stats = pool.history[-1]
-            result.stage[server_round], result.encoder[server_round] = stats.stage, stats.encoder_bytes
+            stats, stage = pool.history[-1], settings.stage(server_round)
+            result.stage[server_round] = stage
+            result.encoder[server_round] = int(traffic.stats["encoder_bytes"])
             if stats.heldout_error is not None:
                 result.errors[server_round] = {
                     "autoencoder": stats.heldout_error,
@@ -206,7 +219,7 @@ def run(settings: Settings, partition: str, name: str, codec: str, out: Path) ->
                     "innovation": stats.innovation_error,
                 }
                 result.ae_seconds.append(stats.ae_seconds)
-            if stats.stage == 3:
+            if stage == 3:
                 truth = {c: audit.truth.pop((t, c)) for t, c in list(audit.truth) if t == server_round}
                 errors = stage3_errors(truth, pool.estimates, stats.leader, pool.lgc.m)
                 if errors:
@@ -216,10 +229,11 @@ def run(settings: Settings, partition: str, name: str, codec: str, out: Path) ->
         if server_round and (server_round % settings.eval_every == 0 or server_round == settings.rounds):
             metrics = task.evaluate([to_numpy(arrays[k]) for k in task.keys])
             result.accuracy[server_round] = metrics["accuracy"]
-            print(
-                f"  {partition:9} {name:8} round {server_round:5d}  accuracy {metrics['accuracy']:.4f}",
-                flush=True,
-            )
+            if not settings.quiet:
+                print(
+                    f"  {partition:9} {name:8} round {server_round:5d}  accuracy {metrics['accuracy']:.4f}",
+                    flush=True,
+                )
         return None
 
     initial = ArrayRecord({k: Array(a) for k, a in zip(task.keys, task.initial_arrays())})
@@ -267,9 +281,10 @@ def stage_rounds(r: Run, stage: int) -> list[int]:
     return [t for t, s in r.stage.items() if s == stage]
 
 
-def report(settings: Settings, runs: dict[str, dict[str, Run]]) -> tuple[str, dict[str, bool]]:
-    """The markdown section and the floors (IID): LGC within 1 point of fp32, stage-3 uplink
-    bits per round at most half of top-k with error feedback."""
+def report(settings: Settings, runs: dict[str, dict[str, Run]], command: str) -> tuple[str, dict[str, bool]]:
+    """The markdown section (`command`: the command line that reproduces it) and the floors
+    (IID): LGC within 1 point of fp32, stage-3 uplink bits per round at most half of top-k
+    with error feedback."""
     s = settings
     lines = [
         "## LGC: learned gradient compression (examples/lgc_experiment.py)",
@@ -282,7 +297,7 @@ def report(settings: Settings, runs: dict[str, dict[str, Run]]) -> tuple[str, di
         f"feedback and LGC; LGC: stage 1 plain for {s.stage1} rounds, stage 2 for {s.stage2} rounds "
         f"({s.ae_steps} Adam steps per round), then stage 3 with innovation fraction {s.innovation} "
         f"(m = ⌈{s.innovation}·n⌉ of the n index-set values). Accuracy on the full test set after the last "
-        "round; bits are real payload lengths. Generated; rerun `python examples/lgc_experiment.py`.",
+        f"round; bits are real payload lengths. Generated by `{command}`.",
         "",
     ]
     floors = {}
@@ -483,11 +498,9 @@ def plot(runs: dict[str, dict[str, Run]], settings: Settings, docs: Path) -> Non
 
 def main(argv: list[str] | None = None) -> dict[str, bool]:
     """Run the experiment (`argv`: command-line options); return the floors and whether each is met."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
     default = Settings(dataset="")
-    for f in ("rounds", "stage1", "stage2", "ae_steps", "batch_size", "eval_every", "seed"):
+    parser = experiment.parser(__doc__, out="results/lgc", rounds=default.rounds)
+    for f in ("stage1", "stage2", "ae_steps", "batch_size", "eval_every", "seed"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(default, f))
     for f in ("ratio", "innovation", "lr", "momentum", "decay_at", "decay"):
         parser.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(default, f))
@@ -496,8 +509,6 @@ def main(argv: list[str] | None = None) -> dict[str, bool]:
     names = list(default.codecs())
     parser.add_argument("--codecs", nargs="+", default=names, choices=names, help="a subset: no report")
     parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
-    parser.add_argument("--out", type=Path, default=Path("results/lgc"))
-    parser.add_argument("--docs", type=Path, default=Path("docs"), help="where RESULTS.md and the plots go")
     args = parser.parse_args(argv)
     dataset = args.dataset or ("fashion-mnist" if FASHION_MNIST_DIR.is_dir() else "digits")
     settings = Settings(
@@ -514,11 +525,10 @@ def main(argv: list[str] | None = None) -> dict[str, bool]:
     }
     if len(codecs) < len(names):
         return {}
-    markdown, floors = report(settings, runs)
+    markdown, floors = report(settings, runs, experiment.command("lgc_experiment.py", argv))
     args.docs.mkdir(parents=True, exist_ok=True)
     plot(runs, settings, args.docs)
-    write_section(args.docs / "RESULTS.md", "lgc", markdown)
-    print(markdown)
+    experiment.publish(args.docs, "lgc", markdown)
     for floor, met in floors.items():
         print(f"floor {floor}: {'met' if met else 'NOT met'}")
     return floors

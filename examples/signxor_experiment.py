@@ -11,8 +11,9 @@ of a small CNN (5 162 weights) on Fashion-MNIST (scikit-learn's 8×8 digits when
   the uplink (the broadcast at λ = 0; see `ARMS`), and at λ = 0 with momentum before the sign
   (`momentum=β`, learning rate scaled by 1 − β).
 
-Every bit is a real payload's (header included); flip rates are read from the payloads that
-cross the grid (the flip counts in the SignXOR bodies, both directions), not estimated.
+Every bit is a real payload's (header included); flip rates are what the SignXOR encoders
+report (`flips` over `signs`, columns stat_* and downlink_stat_* of rounds.csv, both
+directions), counted from what they coded, not estimated.
 Accuracy is the test accuracy of the clients' model (the replica), averaged over the last
 `--window` rounds: single rounds swing by points at these step sizes. The target is scaled
 sign's final accuracy minus 0.5 points; a run reaches it at the first round whose trailing
@@ -26,24 +27,15 @@ docs/signxor_flips.png (measured flip rate per round).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Message
 
 from flcomp.codecs import ModelSpec
-from flcomp.codecs.compressors.signxor import SignXOR, flip_counts
-from flcomp.protocol import records
-from flcomp.sim import RunConfig, load_run, plot_runs
-from flcomp.sim.apps import client_app, load_task, serve
-from flcomp.sim.inline import InlineGrid
-from flcomp.sim.results import RunRecorder, write_section
-from flcomp.sim.runner import QUIET_ENVIRONMENT, ProgressBar
+from flcomp.sim import RunConfig, experiment, plot_runs
+from flcomp.sim.apps import load_task
+from flcomp.sim.experiment import Rows
 from flcomp.tasks import TaskConfig
 from flcomp.tasks.datasets import find_fashion_mnist
 
@@ -56,7 +48,6 @@ CLIENTS = 8
 MOMENTUM = 0.9
 TARGET_DROP = 0.005
 """The floor: reach scaled sign's final accuracy minus 0.5 points with at most half its uplink bits."""
-SIGNXOR_STYPE = records.STYPE_PREFIX + SignXOR.name
 
 
 @dataclass(frozen=True)
@@ -102,76 +93,18 @@ REFERENCE = "scaled_sign"
 """The key of the comparator arm."""
 
 
-class FlipCounter(InlineGrid):
-    """The inline grid, reading the flip counts of the SignXOR payloads that cross it.
-
-    Per round: the flips of every client's uplink payload and of the broadcast payload (one
-    for all up-to-date clients; key frames carry the replica, not flips), with the entries
-    they cover.
-    """
-
-    def __init__(self, *args, spec: ModelSpec, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.spec = spec
-        self.rounds: dict[int, dict[str, int]] = {}
-
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        messages = list(messages)
-        row = None
-        for message in messages:  # before the clients see them (their mod replaces the payload)
-            config = message.content.config_records.get("config", {})
-            row = self.rounds.setdefault(int(config.get("server-round", 0)), dict.fromkeys(_FLIP_COLUMNS, 0))
-            payload = message.content["arrays"].get(records.PAYLOAD)
-            if payload is not None and payload.stype == SIGNXOR_STYPE and not row["downlink_entries"]:
-                row["downlink_flips"] = sum(flip_counts(payload.data, self.spec))
-                row["downlink_entries"] = self.spec.size
-        replies = super().send_and_receive(messages, timeout=timeout)
-        for reply in replies:
-            if reply.has_error():
-                continue
-            payload = reply.content["arrays"].get(records.PAYLOAD)
-            if payload is not None and payload.stype == SIGNXOR_STYPE:
-                row["uplink_flips"] += sum(flip_counts(payload.data, self.spec))
-                row["uplink_entries"] += self.spec.size
-        return replies
-
-
-_FLIP_COLUMNS = ["uplink_flips", "uplink_entries", "downlink_flips", "downlink_entries"]
-
-
-def run_counting_flips(config: RunConfig, directory: Path, progress: bool) -> None:
-    """What `flcomp.sim.run` does on the inline engine (the same ServerApp and ClientApp), on a
-    `FlipCounter` grid; writes the run's directory plus flips.csv (one row per round)."""
-    for key, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
-    logging.getLogger("flwr").setLevel(os.environ["FLWR_LOG_LEVEL"])
-    spec = ModelSpec.of(load_task(config.task).initial_arrays())
-    grid = FlipCounter(client_app(config.task), config.task.num_clients, spec=spec)
-    recorder = RunRecorder(directory)
-    recorder.start(config.as_dict())
-    serve(grid, config, recorder, ProgressBar(config.codec, config.rounds, progress))
-    recorder.finish()
-    with open(directory / "flips.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["round", *_FLIP_COLUMNS])
-        writer.writerows([t, *(row[c] for c in _FLIP_COLUMNS)] for t, row in sorted(grid.rounds.items()))
-
-
-def finished(directory: Path, config: RunConfig) -> bool:
-    """Whether `directory` holds a finished run of `config` (summary and flip counts written)."""
-    done = (directory / "summary.json").exists() and (directory / "flips.csv").exists()
-    return done and json.loads((directory / "config.json").read_text()) == config.as_dict()
-
-
-def load_flips(directory: Path) -> dict[str, np.ndarray]:
-    """flips.csv as columns; rates (flips / entries, NaN where nothing was flip-coded) added."""
-    with open(directory / "flips.csv", newline="") as f:
-        rows = [{k: int(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    cols = {k: np.array([r[k] for r in rows], np.float64) for k in ["round", *_FLIP_COLUMNS]}
-    for side in ("uplink", "downlink"):
-        flips, entries = cols[f"{side}_flips"], cols[f"{side}_entries"]
-        cols[f"{side}_rate"] = np.divide(flips, entries, out=np.full(len(flips), np.nan), where=entries > 0)
-    return cols
+def flip_rates(rows: Rows) -> dict[str, np.ndarray]:
+    """Per training round: "round", and the measured flip rates "uplink_rate" (flips over sign
+    entries, summed over the clients) and "downlink_rate" (the broadcast's), from the SignXOR
+    encoders' `flips` and `signs` in rounds.csv; NaN where nothing was flip-coded (other codecs,
+    and round 1's downlink, whose key frames carry the replica, not flips)."""
+    rows = experiment.trained(rows)
+    rates = {"round": np.array([r["round"] for r in rows], np.float64)}
+    for side, prefix in (("uplink", "stat_"), ("downlink", "downlink_stat_")):
+        flips = np.array([r.get(f"{prefix}flips") or 0.0 for r in rows], np.float64)
+        signs = np.array([r.get(f"{prefix}signs") or 0.0 for r in rows], np.float64)
+        rates[f"{side}_rate"] = np.divide(flips, signs, out=np.full(len(rows), np.nan), where=signs > 0)
+    return rates
 
 
 def mean_rate(rates: np.ndarray) -> float:
@@ -201,8 +134,7 @@ class Outcome:
     downlink_flip_rate: float
 
 
-def outcome(arm: Arm, directory: Path, window: int, target: float | None, entries: int) -> Outcome:
-    _, rounds, _ = load_run(directory)
+def outcome(arm: Arm, rounds: Rows, window: int, target: float | None, entries: int) -> Outcome:
     rows = [r for r in rounds if r["round"] > 0]
     accuracy = trailing_mean(np.array([r["accuracy"] for r in rows]), window)
     up = np.cumsum([8 * r["uplink_bytes"] for r in rows])
@@ -212,7 +144,7 @@ def outcome(arm: Arm, directory: Path, window: int, target: float | None, entrie
     if target is not None and (accuracy >= target).any():
         i = int(np.argmax(accuracy >= target))
         hit = {"round": i + 1, "uplink_bits": up[i], "total_bits": up[i] + down[i]}
-    flips = load_flips(directory)
+    flips = flip_rates(rounds)
     later = flips["round"] >= 2  # round 1 sends every sign against the initial all-+1 ones
     return Outcome(
         arm,
@@ -283,15 +215,15 @@ def report(outcomes: list[Outcome], target: float, args: argparse.Namespace, ent
     return "\n".join(lines)
 
 
-def plot_flips(directories: dict[str, Path], output: Path) -> None:
+def plot_flips(runs: dict[str, Rows], output: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, directory in directories.items():
-        flips = load_flips(directory)
+    for label, rows in runs.items():
+        flips = flip_rates(rows)
         if not np.isfinite(flips["uplink_rate"]).any():
             continue
         (line,) = ax.plot(
@@ -326,16 +258,10 @@ def default_dataset() -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=500)
+    parser = experiment.parser(__doc__, out="results/signxor", rounds=500)
     parser.add_argument("--dataset", choices=["fashion-mnist", "digits"], default=default_dataset())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=20, help="rounds averaged for accuracy (default 20)")
-    parser.add_argument("--out", type=Path, default=Path("results/signxor"))
-    parser.add_argument("--docs", type=Path, default=Path("docs"), help="where RESULTS.md and the plots go")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs of the same config")
     parser.add_argument(
         "--arms",
@@ -355,36 +281,33 @@ def main(argv: list[str] | None = None) -> str:
         seed=args.seed,
     )
     entries = ModelSpec.of(load_task(task).initial_arrays()).size
-    directories = {}
-    for arm in ARMS:
-        directory = directories[arm.key] = args.out / arm.key
-        if args.arms and arm.key not in args.arms:
-            continue
-        config = RunConfig(
-            task=replace(task, lr=arm.step_size),
-            codec=arm.codec,
-            downlink=arm.downlink,
-            rounds=args.rounds,
-            seed=args.seed,
-            engine="inline",
+    runs = [
+        experiment.Run(
+            arm.key,
+            RunConfig(
+                task=replace(task, lr=arm.step_size),
+                codec=arm.codec,
+                downlink=arm.downlink,
+                rounds=args.rounds,
+                seed=args.seed,
+                engine="inline",
+            ),
+            args.out / arm.key,
         )
-        if args.resume and finished(directory, config):
-            continue
-        run_counting_flips(config, directory, progress=not args.quiet)
+        for arm in ARMS
+        if not args.arms or arm.key in args.arms
+    ]
+    rows = experiment.run_all(runs, args.quiet, resume=args.resume)
     if args.arms:
         return ""
 
     reference = next(arm for arm in ARMS if arm.key == REFERENCE)
-    target = (
-        outcome(reference, directories[REFERENCE], args.window, None, entries).final_accuracy - TARGET_DROP
-    )
-    outcomes = [outcome(arm, directories[arm.key], args.window, target, entries) for arm in ARMS]
+    target = outcome(reference, rows[REFERENCE], args.window, None, entries).final_accuracy - TARGET_DROP
+    outcomes = [outcome(arm, rows[arm.key], args.window, target, entries) for arm in ARMS]
     markdown = report(outcomes, target, args, entries)
-    plot_runs(list(directories.values()), args.docs / "signxor_accuracy.png")
-    plot_flips({arm.label: directories[arm.key] for arm in ARMS}, args.docs / "signxor_flips.png")
-    write_section(args.docs / "RESULTS.md", "signxor", markdown)
-    print(markdown)
-    return markdown
+    plot_runs([r.directory for r in runs], args.docs / "signxor_accuracy.png")
+    plot_flips({arm.label: rows[arm.key] for arm in ARMS}, args.docs / "signxor_flips.png")
+    return experiment.publish(args.docs, "signxor", markdown)
 
 
 if __name__ == "__main__":

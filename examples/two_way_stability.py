@@ -19,11 +19,10 @@ established: this script is the reproducer.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from flcomp.codecs import Codec, ModelSpec
+from flcomp.sim import experiment
 
 RUNS = [
     ("fp32", "fp32"),
@@ -69,10 +68,8 @@ def run(uplink: str, downlink: str, lr: float, rounds: int, seed: int, report: l
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=1600)
+    # Plain NumPy: no runs to keep and no RESULTS section, so --rounds is its one common flag.
+    parser = experiment.parser(__doc__, out=None, rounds=1600, docs=False)
     parser.add_argument("--lr", type=float, nargs="+", default=[0.05, 0.01])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

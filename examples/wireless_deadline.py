@@ -21,11 +21,10 @@ per round against the extra rounds' cost.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from flcomp.cli import slug
-from flcomp.sim import RunConfig, load_run, run
+from flcomp.sim import RunConfig, experiment, load_run
 from flcomp.tasks import TaskConfig
 
 TASK = TaskConfig(dataset="digits", model="mlp", num_clients=10, local_epochs=2)
@@ -92,31 +91,30 @@ def scenario_table(name: str, directories: dict[str, Path], target: float) -> st
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=30)
+def main(argv: list[str] | None = None) -> str:
+    """Run both scenarios; print the report and write it to <out>/report.md; return it."""
+    parser = experiment.parser(__doc__, out="results/wireless_deadline", rounds=30, docs=False)
     parser.add_argument("--target", type=float, default=0.9)
-    parser.add_argument("--out", type=Path, default=Path("results/wireless_deadline"))
     parser.add_argument("--engine", choices=["ray", "inline"], default="ray", help="see RunConfig.engine")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     tables = []
     for name, channel in SCENARIOS.items():
-        directories = {}
-        for codec in CODECS:
-            directory = directories[codec] = args.out / name / slug(codec)
-            config = RunConfig(
-                task=TASK, codec=codec, channel=channel, rounds=args.rounds, engine=args.engine
+        runs = [
+            experiment.Run(
+                codec,
+                RunConfig(task=TASK, codec=codec, channel=channel, rounds=args.rounds, engine=args.engine),
+                args.out / name / slug(codec),
             )
-            run(config, directory, progress=not args.quiet)
-        tables.append(scenario_table(name, directories, args.target))
+            for codec in CODECS
+        ]
+        experiment.run_all(runs, args.quiet)
+        tables.append(scenario_table(name, {r.key: r.directory for r in runs}, args.target))
     report = "\n\n".join(tables)
     (args.out / "report.md").write_text(report + "\n")
     print(report)
     print(f"\nresults in {args.out}; plot with: flcomp plot {args.out}/iot-lowpower/* -o iot.png")
+    return report
 
 
 if __name__ == "__main__":

@@ -148,3 +148,26 @@ def test_no_module_is_over_the_line_budget():
         name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+CORE = {f"flcomp.codecs.{m}" for m in ("errors", "spec", "wire", "compressor", "endpoints")}
+"""The codecs' protocol core: it imports nothing of the coding primitives, wrappers or compressors."""
+
+
+def inside(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if layer(n) == "flcomp.codecs"))
+def test_inside_codecs_each_role_imports_only_what_it_may(name):
+    imported = GRAPH[name]
+    if name in CORE:
+        assert imported <= CORE, f"{name} imports {sorted(imported - CORE)}"
+    if inside(name, "flcomp.codecs.coding"):
+        allowed = {"flcomp.codecs.errors", "flcomp.codecs.wire", "flcomp.codecs.spec"}
+        crossing = {m for m in imported if m not in allowed and not inside(m, "flcomp.codecs.coding")}
+        assert not crossing, f"{name} imports {sorted(crossing)}"
+    if inside(name, "flcomp.codecs.compressors") and name != "flcomp.codecs.compressors.lgc.pool":
+        # A compressor never builds decoders or pools (the registry names a codec's pool).
+        assert "flcomp.codecs.endpoints" not in imported, f"{name} imports the endpoints"
+        assert not any(inside(m, "flcomp.codecs.wrappers") for m in imported), f"{name} imports a wrapper"

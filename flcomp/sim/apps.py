@@ -15,7 +15,7 @@ from flcomp.clients import compression_mod
 from flcomp.protocol.arrays import from_numpy, to_numpy
 from flcomp.sim.config import RunConfig
 from flcomp.sim.results import RunRecorder
-from flcomp.strategies import Compressed
+from flcomp.strategies import Compressed, RoundTraffic
 from flcomp.tasks import Task, TaskConfig
 
 
@@ -77,28 +77,8 @@ def serve(grid: Grid, config: RunConfig, recorder: RunRecorder, on_round: Callab
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         metrics = task.evaluate([to_numpy(arrays[k]) for k in task.keys])
         traffic = strategy.traffic.get(server_round)
-        row = {"round": server_round, "uplink_bytes": 0, **metrics}
-        if config.channel is not None:
-            row |= {"virtual_seconds": 0.0, "energy_j": 0.0}
-        if traffic is not None:
-            row |= {
-                "uplink_bytes": traffic.uplink_bytes,
-                "downlink_bytes": traffic.downlink_bytes,
-                "clients_accepted": traffic.accepted,
-                "clients_dropped": len(traffic.dropped),
-                "encode_seconds": round(traffic.encode_seconds, 6),
-            }
-        if traffic is not None and traffic.channel is not None:
-            r = traffic.channel
-            row |= {
-                "virtual_seconds": r.seconds,
-                "clients_delivered": r.delivered,
-                "clients_lost": r.lost,
-                "uplink_airtime_s": r.uplink_airtime_s,
-                "downlink_airtime_s": r.downlink_airtime_s,
-                "energy_j": r.energy_j,
-            }
-        on_round(recorder.add_round(row))
+        sent = RoundTraffic.empty_row(config.channel is not None) | (traffic.row() if traffic else {})
+        on_round(recorder.add_round({"round": server_round, **sent, **metrics}))
         return MetricRecord(metrics)
 
     initial = ArrayRecord({k: Array(a) for k, a in zip(task.keys, task.initial_arrays())})

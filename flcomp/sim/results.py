@@ -8,35 +8,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROUND_COLUMNS = [
-    "round",
-    "uplink_bytes",
-    "downlink_bytes",
-    "cumulative_uplink_bytes",
-    "clients_accepted",
-    "clients_dropped",
-    "encode_seconds",
-    "virtual_seconds",
-    "cumulative_virtual_seconds",
-    "clients_delivered",
-    "clients_lost",
-    "uplink_airtime_s",
-    "downlink_airtime_s",
-    "energy_j",
-    "cumulative_energy_j",
-    "loss",
-    "accuracy",
-    "gap",
-    "wall_seconds",
-]
-"""rounds.csv's columns; round 0 is the initial model (no traffic). Bytes are the
-payloads' real lengths; `gap` is the relative objective gap (synthetic tasks only).
-With a channel: the round's virtual seconds, the clients whose update arrived in
-time or did not, airtimes summed over clients (s) and the clients' energy (J)."""
+from flcomp.strategies import RoundTraffic
+
+_CUMULATIVE = {"uplink_bytes": "downlink_bytes", "virtual_seconds": "virtual_seconds", "energy_j": "energy_j"}
+"""Columns summed over the rounds so far (into cumulative_<column>) when a row has them, each
+placed after the column named here."""
 
 
-_CUMULATIVE = ("uplink_bytes", "virtual_seconds", "energy_j")
-"""Columns summed over the rounds so far (into cumulative_<column>) when a row has them."""
+def _traffic_columns() -> list[str]:
+    """RoundTraffic's columns with the cumulative ones in their places."""
+    after = {place: f"cumulative_{column}" for column, place in _CUMULATIVE.items()}
+    return [c for column in RoundTraffic.COLUMNS for c in (column, after.get(column)) if c is not None]
+
+
+ROUND_COLUMNS = ["round", *_traffic_columns(), "loss", "accuracy", "gap", "wall_seconds"]
+"""rounds.csv's columns (before the codecs' stat columns, `RoundTraffic.stat_columns`); round 0
+is the initial model (no traffic). Bytes are the payloads' real lengths; `gap` is the relative
+objective gap (synthetic tasks only). With a channel: the round's virtual seconds, the clients
+whose update arrived in time or did not, airtimes summed over clients (s) and the clients'
+energy (J). See `flcomp.strategies.traffic` for the traffic columns."""
 
 
 @dataclass
@@ -44,14 +34,20 @@ class RunRecorder:
     """Writes a run's directory as the run goes: the config first, a row per round, the summary last."""
 
     directory: Path
+    stat_columns: list[str] = field(default_factory=list)
+    """The codecs' stat columns (`RoundTraffic.stat_columns`), after ROUND_COLUMNS."""
     rows: list[dict] = field(default_factory=list)
     _start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def columns(self) -> list[str]:
+        return ROUND_COLUMNS + self.stat_columns
 
     def start(self, config: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         with open(self.directory / "rounds.csv", "w", newline="") as f:
-            csv.writer(f).writerow(ROUND_COLUMNS)
+            csv.writer(f).writerow(self.columns)
 
     def add_round(self, row: dict) -> dict:
         """Append a row (missing columns stay empty); returns it with the derived columns."""
@@ -67,7 +63,7 @@ class RunRecorder:
         }
         self.rows.append(row)
         with open(self.directory / "rounds.csv", "a", newline="") as f:
-            csv.DictWriter(f, ROUND_COLUMNS, restval="").writerow({k: row.get(k, "") for k in ROUND_COLUMNS})
+            csv.writer(f).writerow([row.get(k, "") for k in self.columns])
         return row
 
     def finish(self) -> dict:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from flwr.simulation import run_simulation
 
+from flcomp.codecs import Codec
 from flcomp.sim.apps import client_app, serve, server_app
 from flcomp.sim.config import RunConfig
 from flcomp.sim.inline import InlineGrid
 from flcomp.sim.results import RunRecorder
+from flcomp.strategies import RoundTraffic
 
 QUIET_ENVIRONMENT = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -55,7 +57,8 @@ def run(config: RunConfig, directory: Path, progress: bool = True) -> dict:
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     logging.getLogger("flwr").setLevel(os.environ["FLWR_LOG_LEVEL"])
-    recorder = RunRecorder(Path(directory))
+    downlink = Codec.parse(config.downlink) if config.downlink is not None else None
+    recorder = RunRecorder(Path(directory), RoundTraffic.stat_columns(Codec.parse(config.codec), downlink))
     recorder.start(config.as_dict())
     progress_bar = ProgressBar(config.codec, config.rounds, progress)
     if config.engine == "inline":

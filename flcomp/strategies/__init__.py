@@ -1,5 +1,6 @@
 """flcomp.strategies: the Flower ServerApp side (a wrapper around any strategy)."""
 
-from flcomp.strategies.compressed import Compressed, RoundTraffic
+from flcomp.strategies.compressed import Compressed
+from flcomp.strategies.traffic import RoundTraffic
 
 __all__ = ["Compressed", "RoundTraffic"]

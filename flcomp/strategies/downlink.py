@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from flcomp.codecs import Codec, Decoder, Encoder
+from flcomp.codecs import Codec, Decoder, Encoder, Stats
 from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
 
@@ -52,6 +52,8 @@ class Broadcast:
         """The decoder state of every client whose replica is at `version`."""
         self.payload: bytes | None = None
         """This round's broadcast payload (None when the replica just (re)started)."""
+        self.stats: Stats = {}
+        """What the encoder reported for this round's payload (`Encoder.last_stats`); empty without one."""
         self._held: dict[int, int] = {}
         """node → replica version it holds (as far as the server knows)."""
 
@@ -59,13 +61,14 @@ class Broadcast:
         """Move the replica to round `server_round`'s model: encode its change, once for everyone."""
         spec = records.spec_of(arrays)
         if self.replica is None or spec != records.spec_of(self.replica):
-            self.replica, self.payload = arrays, None
+            self.replica, self.payload, self.stats = arrays, None, {}
             self.encoder = self.codec.encoder(spec, seed=self.seed)
             self.mirror = self.codec.decoder(spec)
         else:
             keys = records.float_keys(arrays)
             change = [to_numpy(arrays[k]) - to_numpy(self.replica[k]) for k in keys]
             self.payload = self.encoder.encode(change)
+            self.stats = dict(self.encoder.last_stats)
             self.encoder.commit()  # the mirror is always delivered
             decoded = self.mirror.decode(self.payload)
             self.mirror.commit()

@@ -1,13 +1,10 @@
-"""examples/gdsec_experiment.py: its main path with tiny settings, how it counts the entries a
-payload carries, and how it checks issue 6's floors."""
+"""examples/gdsec_experiment.py: its main path and sweeps with tiny settings, how it reads the
+entries sent from the encoders' stats, and how it checks the floors."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from conftest import load_example
-
-from flcomp.codecs import Codec, ModelSpec, RoundContext
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +19,7 @@ def test_the_experiment_writes_its_table_section_and_plots(experiment, tmp_path)
     results.write_text("# Results\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
     problems, codecs = ["synthetic-linear", "digits-cnn-federated"], ["fp32", "topk:ratio=0.1", "gdsec"]
     argv = ["--seeds", "0", "--rounds", "1", "--problems", *problems, "--codecs", *codecs, "--quiet"]
-    argv += ["--out", str(tmp_path / "runs"), "--results", str(results), "--plots", str(tmp_path)]
+    argv += ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path)]
     section = experiment.main(argv)
 
     for problem in problems:
@@ -35,40 +32,42 @@ def test_the_experiment_writes_its_table_section_and_plots(experiment, tmp_path)
     assert "| 5.1% |" in rows["`gdsec`"]  # no model change yet: the 5% largest of each tensor
     assert "ξ sweep" not in section  # one ξ ran
     assert "- synthetic-linear, seed 0: GD did not reach the target: floors not met" in section
+    assert section.startswith("## GD-SEC: sparsified gradient differences with error correction\n")
     assert "python examples/gdsec_experiment.py --seeds 0 --rounds 1" in section
     text = results.read_text()
     assert "<!-- gdsec:begin -->" in text and section.strip() in text and "kept" in text
 
 
-SPEC = ModelSpec.of([np.zeros((4, 50), np.float32), np.zeros(7, np.float32)])
+def test_the_sweep_writes_its_own_section(experiment, tmp_path):
+    codecs = ["fp32", "gdsec:xi=5", "gdsec"]
+    argv = ["--sweep", "--seeds", "0", "--rounds", "2", "--problems", "digits-logreg", "--codecs", *codecs]
+    section = experiment.main([*argv, "--quiet", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path)])
+    rows = [line for line in section.splitlines() if line.startswith("| digits-logreg, seed 0 |")]
+    assert [line.split(" | ")[1] for line in rows] == [f"`{c}`" for c in codecs]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- gdsec-xi:begin -->" in text and "<!-- gdsec:begin -->" not in text
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("fp32", SPEC.size),
-        ("qsgd", SPEC.size),
-        ("topk:ratio=0.1", 20 + 1),  # ⌈0.1·n⌉ of each tensor
-        ("gdsec:rule=absolute,threshold=1.0", None),  # |g_i| > 1
-        ("gdsec:rule=absolute,threshold=1.0,value_dtype=float16", None),
-    ],
-)
-def test_entries_are_counted_from_the_payloads(experiment, text, expected, rng):
-    update = [rng.standard_normal(t.shape).astype(np.float32) for t in SPEC.tensors]
-    if expected is None:
-        expected = sum(int((np.abs(u) > 1).sum()) for u in update)
-    c = Codec.parse(text)
-    assert experiment.count_components(c, SPEC, c.encoder(SPEC).encode(update)) == expected
+def rows_of(per_round: list[dict], clients: int = 2) -> list[dict]:
+    """rounds.csv rows: round 0, then one training round of `clients` clients per dict of stats."""
+    rows = [{"round": 0.0, "clients_accepted": None} | dict.fromkeys(per_round[0], None)]
+    return rows + [
+        {"round": float(t), "clients_accepted": float(clients)} | s for t, s in enumerate(per_round, 1)
+    ]
 
 
-def test_lag_counts_every_entry_or_none(experiment, rng):
-    c = Codec.parse("lag")
-    enc = c.encoder(SPEC)
-    update = [rng.standard_normal(t.shape).astype(np.float32) for t in SPEC.tensors]
-    ctx = RoundContext(num_clients=2, model_change_sq=(1.0,))
-    assert experiment.count_components(c, SPEC, enc.encode(update, ctx)) == SPEC.size
-    enc.commit()
-    assert experiment.count_components(c, SPEC, enc.encode(update, ctx)) == 0  # unchanged: skipped
+def test_entries_sent_are_the_encoders_counts(experiment):
+    rows = rows_of([{"stat_entries_sent": 30.0}, {"stat_entries_sent": 10.0}])
+    assert experiment.entries_sent(rows, size=100) == 40
+    assert experiment.entries_sent(rows, size=100, rounds=1) == 30
+    assert experiment.Outcome(rows, size=100).fraction_sent() == pytest.approx(40 / 400)
+
+
+def test_lag_sends_every_entry_or_none_and_dense_codecs_every_entry(experiment):
+    lag = rows_of([{"stat_sent": 2.0}, {"stat_sent": 1.0}])
+    assert experiment.entries_sent(lag, size=100) == 300
+    dense = rows_of([{}, {}])
+    assert experiment.Outcome(dense, size=100).fraction_sent() == 1.0
 
 
 def outcome(experiment, reached_at: int | None, total_bytes: int, rounds: int = 30):
@@ -78,7 +77,7 @@ def outcome(experiment, reached_at: int | None, total_bytes: int, rounds: int = 
     for t in range(1, rounds + 1):
         gap = 1e-7 if reached_at is not None and t >= reached_at else 1e-3
         rows.append({"round": t, "cumulative_uplink_bytes": total_bytes * t // rounds, "gap": gap})
-    return experiment.Outcome(rows, [(1, 1)] * rounds, size=1)
+    return experiment.Outcome(rows, size=1)
 
 
 def test_the_floors_compare_gdsec_with_gd_and_the_best_top_k(experiment):

@@ -3,8 +3,11 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import load_example
+
+from flcomp.sim import load_run
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +39,23 @@ def test_it_writes_its_section_and_plots(experiment, ran):
     assert "python examples/signxor_experiment.py --rounds 4 --dataset digits" in markdown
 
 
-def test_flip_rates_are_read_from_every_signxor_payload(experiment, ran):
+def test_flip_counts_are_the_encoders_both_ways(experiment, ran):
     tmp, _ = ran
     for arm in experiment.ARMS:
-        flips = rows(tmp / "runs" / arm.key / "flips.csv")
-        assert [int(r["round"]) for r in flips] == [1, 2, 3, 4]
-        uplink = [int(r["uplink_entries"]) for r in flips]
-        downlink = [int(r["downlink_entries"]) for r in flips]
-        if arm.codec.startswith("signxor"):
-            entries = uplink[0] // experiment.CLIENTS
-            assert uplink == [experiment.CLIENTS * entries] * 4
-            assert downlink == [0, entries, entries, entries]  # round 1 broadcasts key frames
-            assert all(0 <= int(r["uplink_flips"]) <= int(r["uplink_entries"]) for r in flips)
-            assert all(0 <= int(r["downlink_flips"]) <= int(r["downlink_entries"]) for r in flips)
-        else:
-            assert not any(uplink) and not any(downlink)
+        trained = rows(tmp / "runs" / arm.key / "rounds.csv")[1:]
+        assert [int(r["round"]) for r in trained] == [1, 2, 3, 4]
+        if not arm.codec.startswith("signxor"):
+            assert "stat_flips" not in trained[0] and "downlink_stat_flips" not in trained[0]
+            continue
+        signs = [float(r["stat_signs"]) for r in trained]
+        entries = signs[0] / experiment.CLIENTS
+        assert signs == [experiment.CLIENTS * entries] * 4  # every client codes every sign
+        # Round 1 broadcasts key frames (the replica, no flips); then one payload for everyone.
+        assert [float(r["downlink_stat_signs"] or 0) for r in trained] == [0, entries, entries, entries]
+        assert all(0 <= float(r["stat_flips"]) <= float(r["stat_signs"]) for r in trained)
+        assert all(0 <= float(r["downlink_stat_flips"]) <= entries for r in trained[1:])
+        rates = experiment.flip_rates(load_run(tmp / "runs" / arm.key)[1])
+        assert np.isnan(rates["downlink_rate"][0]) and np.isfinite(rates["uplink_rate"]).all()
 
 
 def test_signxor_at_lambda_zero_trains_exactly_like_scaled_sign_on_fewer_bits(ran):

@@ -4,7 +4,6 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -195,19 +194,6 @@ def test_comparison_table_reports_reduction_against_fp32():
     }
     table = comparison_table(summaries)
     assert "| topk | 0.8000 | 0.050 | 80.0x | 10 |" in table
-
-
-def test_wireless_deadline_example_prints_both_scenarios(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "examples/wireless_deadline.py", "--rounds", "3", "--target", "0.5"]
-        + ["--engine", "inline", "--quiet", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
-    assert "### urban-sub6" in out and "### iot-lowpower" in out and "| scaled_sign |" in out
-    assert (tmp_path / "report.md").read_text().strip() in out
 
 
 def test_results_sections_are_replaced_in_place(tmp_path):

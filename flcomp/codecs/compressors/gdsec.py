@@ -18,8 +18,8 @@ operations in the same order, so they agree bit for bit.
 Error correction. e is what the last round dropped. Because h moved by β·Δ̂ rather
 than β·Δ, the next difference g − h already holds β·e (it exceeds the difference
 after a round that dropped nothing by exactly that), so the client adds only the
-rest, (1 − β)·e, and every dropped component is sent once. docs/METHODS.md §3 writes
-Δ = g − h + e, which sends it 1 + β times: at β = 1 twice, so the reconstruction
+rest, (1 − β)·e, and every dropped component is sent once (docs/METHODS.md §3). The
+paper's form Δ = g − h + e sends it 1 + β times: at β = 1 twice, so the reconstruction
 never settles even for a constant update (g ≡ 1, thr = 2.5: ĝ = 0, 0, 3, 3, −1, −1,
 3, 3, ... sending every other round), and in full-batch GD the threshold, which
 follows the model's change, grows with that oscillation: on flcomp's synthetic

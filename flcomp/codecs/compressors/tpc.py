@@ -65,7 +65,7 @@ class TPCConfig:
     or ‖r‖ > τ (absolute). Larger: fewer residuals, coarser updates; τ = 0 sends
     every nonzero residual.
 
-    Why 0.01 (docs/METHODS.md §1 had 0.3): a client's update does not vanish at the
+    Why 0.01, not the former 0.3 (docs/METHODS.md §1): a client's update does not vanish at the
     optimum, only the mean over clients does (∇f_k(w*) ≠ 0), so a skipped residual
     leaves an error up to τ·‖g_k‖ that does not shrink, and training stalls at an
     objective gap that grows like τ². Lower τ where the gap must go lower (each

@@ -1,0 +1,160 @@
+"""`RoundTraffic`: what crossed the links in one training round, and how it is reported.
+
+One table of fields makes both the round's metrics (`to_metrics`) and its rounds.csv
+fields (`row`), so they cannot drift apart. Everything is summed over the round (not
+averaged like the inner strategy's client metrics):
+
+    round metric                 rounds.csv column     what
+    flcomp.uplink-bytes          uplink_bytes          payload bytes received
+    flcomp.downlink-bytes        downlink_bytes        model arrays and side information sent
+    flcomp.clients-accepted      clients_accepted      updates aggregated
+    flcomp.clients-dropped       clients_dropped       updates not aggregated
+    flcomp.encode-seconds        encode_seconds        encoding time the accepted clients report
+    with a channel:
+    flcomp.virtual-seconds       virtual_seconds       the round on the virtual clock
+    flcomp.clients-delivered     clients_delivered     updates that arrived in time
+    flcomp.clients-lost          clients_lost          updates lost or late
+    flcomp.uplink-airtime-s      uplink_airtime_s      airtime summed over the clients
+    flcomp.downlink-airtime-s    downlink_airtime_s    airtime summed over the clients
+    flcomp.energy-j              energy_j              the clients' energy
+    codec stats:
+    flcomp.stat.<name>           stat_<name>           the uplink encoders' `Step.stats`, over
+                                                       the accepted clients
+    flcomp.downlink-stat.<name>  downlink_stat_<name>  the broadcast encoder's, in rounds where
+                                                       it encoded a payload
+
+The stat columns come last in rounds.csv, one for each name the codecs declare
+(`Compressor.stats`, `stat_columns`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from flcomp.channel import RoundReport
+from flcomp.codecs import Codec
+from flcomp.protocol import records
+
+log = logging.getLogger(__name__)
+
+STAT_COLUMN = "stat_"
+"""rounds.csv column prefix of the uplink codec's stats."""
+DOWNLINK_STAT_COLUMN = "downlink_stat_"
+"""rounds.csv column prefix of the downlink codec's stats."""
+
+
+class _Field(NamedTuple):
+    column: str
+    metric: str
+    value: Callable[[Any], float]
+
+
+_FIELDS = (
+    _Field("uplink_bytes", records.UPLINK_BYTES, lambda t: t.uplink_bytes),
+    _Field("downlink_bytes", "flcomp.downlink-bytes", lambda t: t.downlink_bytes),
+    _Field("clients_accepted", "flcomp.clients-accepted", lambda t: t.accepted),
+    _Field("clients_dropped", "flcomp.clients-dropped", lambda t: len(t.dropped)),
+    _Field("encode_seconds", records.ENCODE_SECONDS, lambda t: t.encode_seconds),
+)
+"""The fields of every round: column, metric name, value of a RoundTraffic."""
+_CHANNEL_FIELDS = (
+    _Field("virtual_seconds", "flcomp.virtual-seconds", lambda r: r.seconds),
+    _Field("clients_delivered", "flcomp.clients-delivered", lambda r: r.delivered),
+    _Field("clients_lost", "flcomp.clients-lost", lambda r: r.lost),
+    _Field("uplink_airtime_s", "flcomp.uplink-airtime-s", lambda r: r.uplink_airtime_s),
+    _Field("downlink_airtime_s", "flcomp.downlink-airtime-s", lambda r: r.downlink_airtime_s),
+    _Field("energy_j", "flcomp.energy-j", lambda r: r.energy_j),
+)
+"""The fields of a round on a simulated network: value of its RoundReport."""
+
+
+@dataclass
+class RoundTraffic:
+    """What crossed the links in one training round (bytes are real payload lengths);
+    see the module docstring for its metric names and rounds.csv columns."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = tuple(f.column for f in _FIELDS + _CHANNEL_FIELDS)
+    """rounds.csv's traffic columns, in order (the channel's stay empty without one)."""
+
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    accepted: int = 0
+    dropped: dict[int, str] = field(default_factory=dict)
+    """node id → why its update was not aggregated."""
+    encode_seconds: float = 0.0
+    """Summed over the accepted clients, as they reported it."""
+    downlink_bytes_by_node: dict[int, int] = field(default_factory=dict)
+    side_bytes: int = 0
+    """Of downlink_bytes: the codec's side information for the encoders (`DecoderPool.plan_round`)."""
+    channel: RoundReport | None = None
+    """The round on the simulated network (None without a channel), keyed by client id."""
+    stats: dict[str, float] = field(default_factory=dict)
+    """The uplink codec's stats (`Compressor.stats`), summed over the accepted clients."""
+    downlink_stats: dict[str, float] = field(default_factory=dict)
+    """The broadcast encoder's stats, when it encoded a payload this round."""
+
+    def add_downlink(self, node: int, sent: int, side: bool = False) -> None:
+        """Count `sent` bytes to `node`: model arrays, or the codec's side information if `side`."""
+        self.downlink_bytes += sent
+        self.downlink_bytes_by_node[node] = self.downlink_bytes_by_node.get(node, 0) + sent
+        if side:
+            self.side_bytes += sent
+
+    def add_accepted(self, node: int, metrics: Sequence[Mapping], stats: Iterable[str]) -> None:
+        """Count one aggregated client: the encode seconds and the stats named `stats` (the
+        uplink codec's) that its reply's metric records report."""
+        self.accepted += 1
+        self.encode_seconds += _reported(metrics, records.ENCODE_SECONDS, node)
+        for name in stats:
+            self.stats[name] = self.stats.get(name, 0.0) + _reported(
+                metrics, records.STAT_PREFIX + name, node
+            )
+
+    def to_metrics(self) -> dict[str, int | float]:
+        """The round's metrics (the module docstring's names)."""
+        metrics = {f.metric: f.value(self) for f in _FIELDS}
+        if self.channel is not None:
+            metrics |= {f.metric: f.value(self.channel) for f in _CHANNEL_FIELDS}
+        metrics |= {records.STAT_PREFIX + k: v for k, v in self.stats.items()}
+        return metrics | {records.DOWNLINK_STAT_PREFIX + k: v for k, v in self.downlink_stats.items()}
+
+    def row(self) -> dict[str, int | float]:
+        """The round's rounds.csv fields, from the same values as `to_metrics`."""
+        row = {f.column: f.value(self) for f in _FIELDS}
+        row["encode_seconds"] = round(self.encode_seconds, 6)  # finer is the clock's noise
+        if self.channel is not None:
+            row |= {f.column: f.value(self.channel) for f in _CHANNEL_FIELDS}
+        row |= {STAT_COLUMN + k: v for k, v in self.stats.items()}
+        return row | {DOWNLINK_STAT_COLUMN + k: v for k, v in self.downlink_stats.items()}
+
+    @staticmethod
+    def empty_row(channel: bool) -> dict[str, int | float]:
+        """The fields of a round that sent nothing (round 0, the initial model): no uplink bytes
+        and, on a simulated network (`channel`), no virtual seconds or energy; the rest empty."""
+        return {"uplink_bytes": 0} | ({"virtual_seconds": 0.0, "energy_j": 0.0} if channel else {})
+
+    @staticmethod
+    def stat_columns(uplink: Codec, downlink: Codec | None = None) -> list[str]:
+        """The stat columns of a run with these codecs: stat_<name> for each of the uplink
+        codec's stats, then downlink_stat_<name> for each of the downlink codec's."""
+        columns = [STAT_COLUMN + s for s in uplink.compressor_class.stats]
+        if downlink is not None:
+            columns += [DOWNLINK_STAT_COLUMN + s for s in downlink.compressor_class.stats]
+        return columns
+
+
+def _reported(metrics: Sequence[Mapping], key: str, node: int) -> float:
+    """The sum of `key` over a client's metric records. Clients are untrusted: a value that is
+    not a finite number is ignored with a warning."""
+    total = 0.0
+    for record in metrics:
+        value = record.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            log.warning("client %d: ignored %s = %r (not a finite number)", node, key, value)
+        else:
+            total += value
+    return total
