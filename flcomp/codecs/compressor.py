@@ -168,6 +168,11 @@ class TensorCompressor(Compressor):
     def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
         """Read one flat tensor of `t.size` entries."""
 
+    def step_stats(self) -> Stats:
+        """What every step reports (`Compressor.stats`): a stateless compressor's stats
+        follow from its config and spec alone. None by default."""
+        return {}
+
     def encode(
         self,
         x: list[np.ndarray],
@@ -177,7 +182,8 @@ class TensorCompressor(Compressor):
         rng: np.random.Generator,
         ctx: RoundContext,
     ) -> Step:
-        return Step([self.encode_tensor(xi, t, out, rng) for xi, t in zip(x, self.spec.tensors)])
+        decoded = [self.encode_tensor(xi, t, out, rng) for xi, t in zip(x, self.spec.tensors)]
+        return Step(decoded, stats=self.step_stats())
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         return [self.decode_tensor(body, t) for t in self.spec.tensors], shared

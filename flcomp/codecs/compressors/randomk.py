@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flcomp.codecs.coding.sparse import ValueDtype, kept_count, read_values, scatter, write_values
-from flcomp.codecs.compressor import RoundContext, State, Step, TensorCompressor
+from flcomp.codecs.compressor import Stats, TensorCompressor
 from flcomp.codecs.registry import register
 from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
@@ -56,21 +56,9 @@ class RandomK(TensorCompressor):
     error_feedback = True
     stats = ("entries_sent",)
 
-    def encode(
-        self,
-        x: list[np.ndarray],
-        shared: State,
-        local: State,
-        out: PayloadWriter,
-        rng: np.random.Generator,
-        ctx: RoundContext,
-    ) -> Step:
-        step = super().encode(x, shared, local, out, rng, ctx)
-        # k is how many values encode_tensor writes for each tensor.
-        step.stats = {
-            "entries_sent": float(sum(kept_count(self.config.ratio, t.size) for t in self.spec.tensors))
-        }
-        return step
+    def step_stats(self) -> Stats:
+        # k is what encode_tensor writes for each tensor.
+        return {"entries_sent": float(sum(kept_count(self.config.ratio, t.size) for t in self.spec.tensors))}
 
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator

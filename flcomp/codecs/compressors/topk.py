@@ -26,7 +26,7 @@ from flcomp.codecs.coding.sparse import (
     top_k_positions,
     write_values,
 )
-from flcomp.codecs.compressor import RoundContext, State, Step, TensorCompressor
+from flcomp.codecs.compressor import Stats, TensorCompressor
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
 from flcomp.codecs.spec import TensorSpec
@@ -59,21 +59,9 @@ class TopK(TensorCompressor):
     error_feedback = True
     stats = ("entries_sent",)
 
-    def encode(
-        self,
-        x: list[np.ndarray],
-        shared: State,
-        local: State,
-        out: PayloadWriter,
-        rng: np.random.Generator,
-        ctx: RoundContext,
-    ) -> Step:
-        step = super().encode(x, shared, local, out, rng, ctx)
-        # k is what encode_tensor writes as each tensor's count.
-        step.stats = {
-            "entries_sent": float(sum(kept_count(self.config.ratio, t.size) for t in self.spec.tensors))
-        }
-        return step
+    def step_stats(self) -> Stats:
+        # k is what encode_tensor writes for each tensor.
+        return {"entries_sent": float(sum(kept_count(self.config.ratio, t.size) for t in self.spec.tensors))}
 
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
