@@ -116,20 +116,21 @@ class RoundTraffic:
 
     def to_metrics(self) -> dict[str, int | float]:
         """The round's metrics (the module docstring's names)."""
-        metrics = {f.metric: f.value(self) for f in _FIELDS}
-        if self.channel is not None:
-            metrics |= {f.metric: f.value(self.channel) for f in _CHANNEL_FIELDS}
-        metrics |= {records.STAT_PREFIX + k: v for k, v in self.stats.items()}
-        return metrics | {records.DOWNLINK_STAT_PREFIX + k: v for k, v in self.downlink_stats.items()}
+        return self._report(lambda f: f.metric, records.STAT_PREFIX, records.DOWNLINK_STAT_PREFIX)
 
     def row(self) -> dict[str, int | float]:
         """The round's rounds.csv fields, from the same values as `to_metrics`."""
-        row = {f.column: f.value(self) for f in _FIELDS}
+        row = self._report(lambda f: f.column, STAT_COLUMN, DOWNLINK_STAT_COLUMN)
         row["encode_seconds"] = round(self.encode_seconds, 6)  # finer is the clock's noise
+        return row
+
+    def _report(self, name: Callable[[_Field], str], stat: str, downlink_stat: str) -> dict[str, int | float]:
+        """Every field under `name(field)`, the stats under `stat` + name and `downlink_stat` + name."""
+        out = {name(f): f.value(self) for f in _FIELDS}
         if self.channel is not None:
-            row |= {f.column: f.value(self.channel) for f in _CHANNEL_FIELDS}
-        row |= {STAT_COLUMN + k: v for k, v in self.stats.items()}
-        return row | {DOWNLINK_STAT_COLUMN + k: v for k, v in self.downlink_stats.items()}
+            out |= {name(f): f.value(self.channel) for f in _CHANNEL_FIELDS}
+        out |= {stat + k: v for k, v in self.stats.items()}
+        return out | {downlink_stat + k: v for k, v in self.downlink_stats.items()}
 
     @staticmethod
     def empty_row(channel: bool) -> dict[str, int | float]:
