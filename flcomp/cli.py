@@ -8,18 +8,69 @@
 Codecs are written as `flcomp.codecs.Codec.parse` reads them, e.g. "topk:ratio=0.001";
 channels (--channel) as `flcomp.channel.Channel.parse` does, e.g. "urban-sub6:deadline_s=2".
 Runs use Flower's simulation engine on Ray; each writes config.json, rounds.csv and
-summary.json under --out.
+summary.json under --out. A bad command line is refused before anything runs: one line
+on stderr ("flcomp run: error: ...") and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_CODECS = ["fp32", "fp16", "qsgd", "topk", "scaled_sign", "powersgd"]
+
+T = typing.TypeVar("T")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, with every error on one line ("flcomp run: error: ...", no usage
+    dump) and exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+class UsageError(Exception):
+    """A bad command line found after parsing; `main` reports it as argparse does."""
+
+
+def checked(what: str, build: Callable[[], T]) -> T:
+    """build(), its ValueError or OSError (a bad value, a missing file) turned into a
+    UsageError that names `what`."""
+    try:
+        return build()
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{what}: {e}") from e
+
+
+def number(kind: type = float, low: float = -math.inf, high: float = math.inf, *, above: bool = False):
+    """An argparse type: a finite `kind` (nan and inf refused) with low ≤ x ≤ high (low < x
+    when `above`)."""
+    bounds = [f"{'>' if above else '≥'} {low:g}"] * (low > -math.inf) + [f"≤ {high:g}"] * (high < math.inf)
+
+    def read(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {text!r} as {kind.__name__}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if not ((value > low if above else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(bounds)}, got {text!r}")
+        return value
+
+    read.__name__ = kind.__name__
+    return read
+
+
+def optional(read: Callable[[str], T]) -> Callable[[str], T | None]:
+    """An argparse type: "none" is None, anything else what `read` makes of it."""
+    return lambda text: None if text.lower() == "none" else read(text)
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +81,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     task = parser.add_argument_group("task")
     hints = typing.get_type_hints(TaskConfig)
     for f in dataclasses.fields(TaskConfig):
-        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        options = typing.get_args(hints[f.name])
+        kind = next((a for a in options if a is not type(None)), hints[f.name])
+        read = number(kind) if kind in (int, float) else kind
         task.add_argument(
-            "--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"default {f.default}"
+            "--" + f.name.replace("_", "-"),
+            type=optional(read) if type(None) in options else read,
+            default=f.default,
+            help=f"default {f.default}",
         )
     run = parser.add_argument_group("run")
     defaults = RunConfig()
@@ -47,20 +103,34 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--deadline",
-        type=float,
+        type=number(low=0, above=True),
         default=None,
         help="round deadline in seconds (sets the channel's deadline_s)",
     )
-    run.add_argument("--rounds", type=int, default=defaults.rounds, help=f"default {defaults.rounds}")
-    run.add_argument("--fraction", type=float, default=defaults.fraction, help="clients per round (fraction)")
-    run.add_argument("--run-seed", type=int, default=defaults.seed, help="seeds sampling and encoders")
+    run.add_argument(
+        "--rounds", type=number(int, 1), default=defaults.rounds, help=f"default {defaults.rounds}"
+    )
+    run.add_argument(
+        "--fraction",
+        type=number(low=0, high=1, above=True),
+        default=defaults.fraction,
+        help="clients per round, (0, 1]",
+    )
+    run.add_argument(
+        "--run-seed", type=number(int, 0), default=defaults.seed, help="seeds sampling and encoders"
+    )
     run.add_argument(
         "--engine",
         choices=["ray", "inline"],
         default=defaults.engine,
         help="ray: Flower's simulation engine; inline: one process, fast for many short rounds",
     )
-    run.add_argument("--client-cpus", type=float, default=defaults.client_cpus, help="Ray CPUs per client")
+    run.add_argument(
+        "--client-cpus",
+        type=number(low=0, above=True),
+        default=defaults.client_cpus,
+        help="Ray CPUs per client",
+    )
     run.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 127.0.0.1:6379)")
     run.add_argument("--out", type=Path, default=None, help="results directory (default under results/)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,22 +149,39 @@ def channel_text(args: argparse.Namespace) -> str | None:
 
 
 def run_config(args: argparse.Namespace, codec: str):
+    """The RunConfig of `codec` (canonical text) and the options; UsageError if any is bad."""
+    from flcomp.codecs import Codec
     from flcomp.sim import RunConfig
     from flcomp.tasks import TaskConfig
+    from flcomp.tasks.datasets import find_fashion_mnist
 
-    task = TaskConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TaskConfig)})
-    return RunConfig(
-        task=task,
-        codec=codec,
-        downlink=args.downlink,
-        channel=channel_text(args),
-        strategy=args.strategy,
-        rounds=args.rounds,
-        fraction=args.fraction,
-        seed=args.run_seed,
-        engine=args.engine,
-        client_cpus=args.client_cpus,
-        ray_address=args.ray_address,
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TaskConfig)}
+    task = checked("task", lambda: TaskConfig(**fields))
+    if task.data_dir is not None and not Path(task.data_dir).is_dir():
+        raise UsageError(f"--data-dir: {task.data_dir} is not a directory")
+    if task.dataset == "fashion-mnist":
+        checked("--data-dir", lambda: find_fashion_mnist(task.data_dir))
+    if args.downlink is not None:
+        checked("--downlink", lambda: Codec.parse(args.downlink))
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out: {args.out} exists and is not a directory")
+    channel = checked("--channel", lambda: channel_text(args))
+    return checked(
+        "run",
+        lambda: RunConfig(
+            task=task,
+            codec=codec,
+            downlink=args.downlink,
+            channel=channel,
+            strategy=args.strategy,
+            rounds=args.rounds,
+            fraction=args.fraction,
+            seed=args.run_seed,
+            engine=args.engine,
+            client_cpus=args.client_cpus,
+            ray_address=args.ray_address,
+            checkpoint_every=getattr(args, "checkpoint_every", None),
+        ),
     )
 
 
@@ -106,10 +193,17 @@ def slug(text: str) -> str:
 def cmd_run(args: argparse.Namespace) -> None:
     from flcomp.codecs import Codec
     from flcomp.sim import run
+    from flcomp.sim.runner import resumable
 
-    codec = Codec.parse(args.codec).describe()
+    if args.resume is not None:  # the run's own config.json holds every other option
+        config, checkpoint = checked("--resume", lambda: resumable(args.resume))
+        summary = run(config, args.resume, progress=not args.quiet, resume=checkpoint)
+        print(f"{config.codec}: {summary}\nresults in {args.resume}")
+        return
+    codec = checked("--codec", lambda: Codec.parse(args.codec).describe())
+    config = run_config(args, codec)
     out = args.out or Path("results") / "run" / slug(codec)
-    summary = run(run_config(args, codec), out, progress=not args.quiet)
+    summary = run(config, out, progress=not args.quiet)
     print(f"{codec}: {summary}\nresults in {out}")
 
 
@@ -117,12 +211,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from flcomp.codecs import Codec
     from flcomp.sim import plot_runs, run
 
-    codecs = [Codec.parse(c).describe() for c in (args.codec or DEFAULT_CODECS)]
+    codecs = [checked("codec", lambda c=c: Codec.parse(c).describe()) for c in (args.codec or DEFAULT_CODECS)]
+    configs = [run_config(args, codec) for codec in codecs]  # every one checked before any runs
     out = args.out or Path("results") / "compare"
     summaries, directories = {}, []
-    for i, codec in enumerate(codecs):
+    for i, (codec, config) in enumerate(zip(codecs, configs)):
         directory = out / f"{i:02d}-{slug(codec)}"
-        summaries[codec] = run(run_config(args, codec), directory, progress=not args.quiet)
+        summaries[codec] = run(config, directory, progress=not args.quiet)
         directories.append(directory)
     table = comparison_table(summaries)
     (out / "comparison.md").write_text(table + "\n")
@@ -155,16 +250,47 @@ def comparison_table(summaries: dict[str, dict]) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    from matplotlib.backend_bases import FigureCanvasBase
+
     from flcomp.sim import plot_runs
 
+    for directory in args.runs:
+        check_run_directory(directory)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if args.output.suffix.lstrip(".").lower() not in formats:
+        raise UsageError(f"--output: {str(args.output)!r} needs an image suffix, one of {', '.join(formats)}")
+    if args.output.is_dir() or (args.output.parent.exists() and not args.output.parent.is_dir()):
+        raise UsageError(f"--output: cannot write a file at {args.output}")
     print(plot_runs(args.runs, args.output))
+
+
+def check_run_directory(directory: Path) -> None:
+    """UsageError unless `directory` holds a run `plot_runs` can draw (as `flcomp run` writes it)."""
+    from flcomp.sim.results import load_run
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: no such results directory")
+    try:
+        config, rounds, _ = load_run(directory)
+    except (ValueError, OSError, TypeError) as e:  # TypeError: a row with more cells than columns
+        raise UsageError(f"{directory}: not a readable results directory ({e})") from e
+    needed = ("round", "cumulative_uplink_bytes")
+    if not (
+        isinstance(config, dict)
+        and "codec" in config
+        and rounds
+        and all(r.get(k) is not None for r in rounds for k in needed)
+        and any(k in rounds[-1] for k in ("accuracy", "gap"))
+    ):
+        raise UsageError(f"{directory}: config.json or rounds.csv lacks codec, rounds or {', '.join(needed)}")
 
 
 def cmd_codecs(args: argparse.Namespace) -> None:
     from flcomp.codecs import Codec, available, codec
     from flcomp.codecs.survey import measure, update_stream
 
-    codecs = [Codec.parse(s) for s in args.codec] or [codec(n) for n in available()]
+    parsed = [checked("codec", lambda s=s: Codec.parse(s)) for s in args.codec]
+    codecs = parsed or [codec(n) for n in available()]
     stream = update_stream(args.entries, args.rounds)
     print(
         f"{args.rounds} updates of {args.entries:,} entries; bits from payload bytes, "
@@ -182,36 +308,56 @@ def cmd_codecs(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="flcomp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog="flcomp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compare", help="several codecs on the same task and seed; one table")
     p.add_argument("codec", nargs="*", help=f"codec strings (default: {' '.join(DEFAULT_CODECS)})")
     add_run_options(p)
-    p.set_defaults(handler=cmd_compare)
+    p.set_defaults(handler=cmd_compare, parser=p)
 
     p = sub.add_parser("run", help="one simulated run")
     p.add_argument("--codec", default="fp32", help='codec string, e.g. "topk:ratio=0.01"')
     add_run_options(p)
-    p.set_defaults(handler=cmd_run)
+    p.add_argument(
+        "--checkpoint-every",
+        type=number(int, 1),
+        default=None,
+        metavar="N",
+        help="save a checkpoint into the results directory after every N rounds (default: none)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the checkpointed run in DIR with DIR's config.json (other options are ignored)",
+    )
+    p.set_defaults(handler=cmd_run, parser=p)
 
     p = sub.add_parser("plot", help="plot results directories side by side")
     p.add_argument("runs", nargs="+", type=Path, help="results directories")
     p.add_argument("-o", "--output", type=Path, default=Path("plot.png"))
-    p.set_defaults(handler=cmd_plot)
+    p.set_defaults(handler=cmd_plot, parser=p)
 
     p = sub.add_parser("codecs", help="every codec on an embedded update stream (no simulation)")
     p.add_argument(
         "codec", nargs="*", default=[], help='codec strings, e.g. "topk:ratio=0.001" (default: all)'
     )
-    p.add_argument("--entries", type=int, default=1_000_000, help="entries per update (default 1,000,000)")
-    p.add_argument("--rounds", type=int, default=10, help="updates in the stream (default 10)")
-    p.set_defaults(handler=cmd_codecs)
+    p.add_argument(
+        "--entries",
+        type=number(int, 1),
+        default=1_000_000,
+        help="entries per update (default 1,000,000)",
+    )
+    p.add_argument("--rounds", type=number(int, 1), default=10, help="updates in the stream (default 10)")
+    p.set_defaults(handler=cmd_codecs, parser=p)
 
     args = parser.parse_args(argv)
-    args.handler(args)
+    try:
+        args.handler(args)
+    except UsageError as e:
+        args.parser.error(str(e))
 
 
 if __name__ == "__main__":

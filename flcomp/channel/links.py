@@ -10,7 +10,10 @@ codecs) with the same seed see the same placements and fading.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+import numbers
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +30,10 @@ Sharing = Literal["dedicated", "equal", "proportional-fair"]
 
 # Random streams: one per kind of draw, so adding a draw of one kind moves no other.
 PLACEMENT, FADING, LOSS, DEVICE = range(4)
+
+
+def _powers_ok(*watts: float) -> bool:
+    return all(0 <= w < math.inf for w in watts)
 
 
 def stream(seed: int, kind: int, *ids: int) -> np.random.Generator:
@@ -77,8 +84,10 @@ class FixedLink(LinkModel):
     bs_power_w: float = 20.0
 
     def __post_init__(self) -> None:
-        if min(self.uplink_bps, self.downlink_bps) <= 0 or self.latency_s < 0:
-            raise ValueError("rates must be positive and latency non-negative")
+        if not (0 < self.uplink_bps < math.inf and 0 < self.downlink_bps < math.inf):
+            raise ValueError(f"rates must be finite and positive, got {self.uplink_bps}, {self.downlink_bps}")
+        if not (0 <= self.latency_s < math.inf and _powers_ok(self.tx_power_w, self.bs_power_w)):
+            raise ValueError("latency and transmit powers must be finite and non-negative")
 
     def qualities(self, server_round, clients, direction):
         rate = self.uplink_bps if direction == "uplink" else self.downlink_bps
@@ -123,10 +132,25 @@ class CellLink(LinkModel):
     latency_s: float
 
     def __post_init__(self) -> None:
+        # inf is meaningful only as the spectral-efficiency cap (none); NaN nowhere
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not (
+                math.isfinite(value) or (f.name == "max_bits_per_hz" and value == math.inf)
+            ):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         if not 0 < self.min_distance_m < self.radius_m:
             raise ValueError("need 0 < min_distance_m < radius_m")
-        if min(self.bandwidth_hz, self.downlink_bandwidth_hz, self.fair_window, self.max_bits_per_hz) <= 0:
-            raise ValueError("bandwidths, fair_window and max_bits_per_hz must be positive")
+        if not (self.bandwidth_hz > 0 and self.downlink_bandwidth_hz > 0 and self.max_bits_per_hz > 0):
+            raise ValueError("bandwidths and max_bits_per_hz must be positive")
+        if not self.fair_window >= 1:
+            raise ValueError(f"fair_window is a number of rounds, ≥ 1, got {self.fair_window}")
+        nonnegative = ("ue_noise_figure_db", "bs_noise_figure_db", "shadowing_db", "rician_k", "latency_s")
+        if not (self.path_loss_exponent > 0 and all(getattr(self, name) >= 0 for name in nonnegative)):
+            raise ValueError(f"need path_loss_exponent > 0 and {', '.join(nonnegative)} ≥ 0")
+        fadings, sharings = typing.get_args(radio.Fading), typing.get_args(Sharing)
+        if self.fading not in fadings or self.sharing not in sharings:
+            raise ValueError(f"fading must be one of {fadings} and sharing one of {sharings}")
         self._average: dict[tuple[Direction, int], float] = {}
 
     def distance_m(self, client: int) -> float:
@@ -198,8 +222,13 @@ class TraceLink(LinkModel):
     bs_power_w: float = 20.0
 
     def __post_init__(self) -> None:
-        with Path(self.path).open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        if not _powers_ok(self.tx_power_w, self.bs_power_w):
+            raise ValueError("transmit powers must be finite and non-negative")
+        try:
+            with Path(self.path).open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        except csv.Error as e:  # NUL bytes, oversized fields: a malformed file, like a bad row
+            raise ValueError(f"{self.path}: {e}") from e
         if not rows:
             raise ValueError(f"{self.path}: no rows")
         missing = {"round", "uplink_bps", "downlink_bps"} - set(rows[0])

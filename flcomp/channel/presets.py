@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from flcomp import keyvalue
 from flcomp.channel import radio
@@ -56,6 +58,25 @@ class ChannelConfig:
     """Device power while computing, in W (0: count transmit energy only)."""
     measured_compute: bool = False
     """Use the clients' measured training seconds instead of seconds_per_sample."""
+
+    _unbounded: ClassVar[tuple[str, ...]] = ()
+    """Number fields for which +inf means something (no limit); NaN is refused everywhere."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not (
+                math.isfinite(value) or (value == math.inf and f.name in self._unbounded)
+            ):
+                raise ValueError(f"channel parameter {f.name} must be a finite number, got {value}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be positive seconds (or none), got {self.deadline_s}")
+        if not 0 <= self.erasure_probability <= 1:
+            raise ValueError(f"erasure_probability must be in [0, 1], got {self.erasure_probability}")
+        if not (self.packet_bits >= 1 and self.retransmissions >= 0):
+            raise ValueError("packet_bits must be ≥ 1 and retransmissions ≥ 0")
+        if not min(self.seconds_per_sample, self.heterogeneity, self.compute_power_w) >= 0:
+            raise ValueError("seconds_per_sample, heterogeneity and compute_power_w must be ≥ 0")
 
     def loss_model(self) -> LossModel:
         if self.loss == "erasure":
@@ -110,7 +131,11 @@ class CellConfig(ChannelConfig):
     fair_window: float = 10.0
     """Rounds in the proportional-fair running average."""
     max_bits_per_hz: float = 7.41
+    """Spectral-efficiency cap, bit/s/Hz. inf (pure Shannon) only from Python: text values
+    must be finite (1e3 caps nothing in practice)."""
     latency_s: float = 0.01
+
+    _unbounded: ClassVar[tuple[str, ...]] = ("max_bits_per_hz",)
 
 
 def _cell(config: CellConfig, seed: int) -> LinkModel:
@@ -157,6 +182,13 @@ class Channel:
     name: str
     config: ChannelConfig
 
+    def __post_init__(self) -> None:
+        if self.name not in CHANNELS:
+            raise ValueError(f"unknown channel {self.name!r}; available: {', '.join(sorted(CHANNELS))}")
+        if type(self.config) is not CHANNELS[self.name].config:
+            raise TypeError(f"channel {self.name!r} takes a {CHANNELS[self.name].config.__name__}")
+        self.simulator()  # validates the link's parameters now, not mid-run
+
     def simulator(self, seed: int = 0) -> ChannelSimulator:
         """A fresh simulator (placements and fading drawn from `seed`)."""
         c = self.config
@@ -197,6 +229,4 @@ def channel(name: str, **params: Any) -> Channel:
     unknown = set(params) - known
     if unknown:
         raise ValueError(f"channel {name!r} has no parameter {sorted(unknown)}; it has {sorted(known)}")
-    config = kind.config(**(kind.preset | params))
-    Channel(name, config).simulator()  # validates the link's parameters now, not mid-run
-    return Channel(name, config)
+    return Channel(name, kind.config(**(kind.preset | params)))

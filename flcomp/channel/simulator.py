@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flcomp.channel.links import DEVICE, DIRECTIONS, LOSS, Direction, LinkModel, LinkQuality, stream
+from flcomp.channel.links import DEVICE, DIRECTIONS, LOSS, CellLink, Direction, LinkModel, LinkQuality, stream
 from flcomp.channel.loss import LossModel, Transmission
 
 
@@ -119,7 +119,8 @@ class ChannelSimulator:
     """Links, losses, compute and a deadline; `run_round` is its one entry point.
 
     Deterministic: the outcome of a round depends only on the seed, the round, the
-    loads and (for proportional-fair sharing) the earlier rounds.
+    loads and (for proportional-fair sharing) the earlier rounds, whose running rate
+    averages are the one state it keeps (`state_dict`).
     """
 
     def __init__(
@@ -133,6 +134,28 @@ class ChannelSimulator:
         if deadline_s is not None and not deadline_s > 0:
             raise ValueError("the deadline must be positive seconds (or None)")
         self.link, self.loss, self.compute, self.deadline_s, self.seed = link, loss, compute, deadline_s, seed
+
+    def state_dict(self) -> dict[str, list]:
+        """What the earlier rounds left, as JSON-able lists: a cell's proportional-fair running
+        rate averages, [direction, client, bit/s] (empty for every other link)."""
+        averages = self.link._average if isinstance(self.link, CellLink) else {}
+        return {"fair_average": [[d, c, r] for (d, c), r in sorted(averages.items())]}
+
+    def load_state_dict(self, state: Mapping[str, list]) -> None:
+        """Restore `state_dict()`'s state; ValueError when it does not fit this channel."""
+        rows = state.get("fair_average") if isinstance(state, Mapping) else None
+        if not isinstance(rows, list) or (rows and not isinstance(self.link, CellLink)):
+            raise ValueError("channel state: no proportional-fair averages for this link")
+        averages = {}
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 3 and row[0] in DIRECTIONS):
+                raise ValueError(f"channel state: bad running average {row!r}")
+            d, c, r = row
+            if not (isinstance(c, int) and isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
+                raise ValueError(f"channel state: bad running average {row!r}")
+            averages[(d, c)] = float(r)
+        if isinstance(self.link, CellLink):
+            self.link._average = averages
 
     def run_round(self, server_round: int, loads: Mapping[int, ClientLoad]) -> RoundReport:
         """The round's outcome for the clients in `loads` (keyed by stable client id)."""

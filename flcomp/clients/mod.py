@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 
 from flcomp.clients import encoder_state
 from flcomp.clients.replica import receive_broadcast
@@ -50,15 +52,23 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
         encoder_state.save_encoder(context.state, codec, spec, encoder)
         return reply
 
-    reply_key, local_record = records.the_record(reply.content.array_records.items())
-    update = [to_numpy(global_record[k]) - to_numpy(local_record[k]) for k in keys]
+    try:
+        reply_key, local_record = records.the_record(reply.content.array_records.items())
+        update = _update(global_record, local_record, keys)
+    except ValueError as e:
+        encoder_state.save_encoder(context.state, codec, spec, encoder)
+        return _error(msg, f"the ClientApp's model does not fit the global model: {e}")
     ctx = RoundContext(
         num_clients=max(1, int(config.get(records.NUM_CLIENTS, 1))),
         model_change_sq=tuple(float(c) for c in config.get(records.MODEL_CHANGE_SQ, [])),
         side=bytes(config.get(records.SIDE, b"")),
     )
     start = time.perf_counter()
-    payload = encoder.encode(update, ctx)
+    try:
+        payload = encoder.encode(update, ctx)
+    except ValueError as e:  # NaN/Inf weights, or an update the codec cannot represent
+        encoder_state.save_encoder(context.state, codec, spec, encoder)
+        return _error(msg, f"the update cannot be encoded: {e}")
     seconds = time.perf_counter() - start
     encoder_state.save_encoder(context.state, codec, spec, encoder)
 
@@ -69,12 +79,35 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     if metrics is None:
         metrics = reply.content["metrics"] = MetricRecord()
     metrics[records.CLIENT] = client
+    if records.ROUND in config:
+        metrics[records.ROUND] = int(config[records.ROUND])
     metrics[records.UPLINK_BYTES] = len(payload)
     metrics[records.ENCODE_SECONDS] = seconds
     metrics[records.TRAIN_SECONDS] = train_seconds
     for name, value in encoder.last_stats.items():
         metrics[records.STAT_PREFIX + name] = float(value)
     return reply
+
+
+def _update(global_record: ArrayRecord, local_record: ArrayRecord, keys: list[str]) -> list[np.ndarray]:
+    """Δ = w_global − w_local of the float arrays, in the global model's dtypes; ValueError if the
+    local model lacks one or has another shape (NumPy would broadcast a scalar silently)."""
+    update = []
+    for k in keys:
+        if k not in local_record:
+            raise ValueError(f"it lacks {k!r}")
+        w, local = to_numpy(global_record[k]), to_numpy(local_record[k])
+        if local.shape != w.shape or local.dtype.kind != "f":
+            raise ValueError(
+                f"{k!r} is {local.dtype}{list(local.shape)}, the global model's {w.dtype}{list(w.shape)}"
+            )
+        update.append((w - local).astype(w.dtype, copy=False))
+    return update
+
+
+def _error(msg: Message, reason: str) -> Message:
+    """An error reply to `msg`: the server drops this client from the round, with `reason`."""
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
 
 
 def _client_id(context: Context) -> int:

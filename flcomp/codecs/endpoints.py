@@ -268,14 +268,24 @@ class Decoder:
         self._pending = None
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
-        """Committed state (arrays and ints); a pending step is not saved."""
-        return {"fingerprint": self.fingerprint, **_prefixed("shared/", self.shared)}
+        """Everything needed to resume, a pending decoded step included: arrays and ints only."""
+        d: dict[str, np.ndarray | int] = {"fingerprint": self.fingerprint}
+        d.update(_prefixed("shared/", self.shared))
+        if self._pending is not None:
+            d["pending/fingerprint"] = self._pending.fingerprint
+            d.update(_prefixed("pending/shared/", self._pending.shared))
+        return d
 
     def load_state_dict(self, d: Mapping[str, np.ndarray | int]) -> None:
         """Restore from `state_dict()`; raises ValueError on missing or misshapen entries."""
-        shared = _unprefixed(d, "shared/", self.compressor.initial_shared())
+        shared0 = self.compressor.initial_shared()
+        shared = _unprefixed(d, "shared/", shared0)
+        pending = None
+        if "pending/fingerprint" in d:
+            pending_shared = _unprefixed(d, "pending/shared/", shared0)
+            pending = _Pending(pending_shared, {}, _uint32(d, "pending/fingerprint"))
         self.fingerprint = _uint32(d, "fingerprint")
-        self.shared, self._pending = shared, None
+        self.shared, self._pending = shared, pending
 
 
 @dataclass
@@ -329,6 +339,11 @@ class DecoderPool:
                 result.errors[client] = e
         return result
 
+    def evict(self, client: str) -> None:
+        """Forget `client` (it left): if it returns, its decoder starts in the initial state."""
+        self.decoders.pop(client, None)
+        self.side.pop(client, None)
+
     def commit(self, client: str) -> None:
         """Accept `client`'s pending step."""
         self.decoder(client).commit()
@@ -342,8 +357,10 @@ class DecoderPool:
         return {f"{c}/{k}": v for c, dec in self.decoders.items() for k, v in dec.state_dict().items()}
 
     def load_state_dict(self, d: Mapping[str, np.ndarray | int]) -> None:
-        """Restore from `state_dict()`."""
-        clients = {k.rsplit("/fingerprint", 1)[0] for k in d if k.endswith("/fingerprint")}
+        """Restore from `state_dict()`: every client's decoder, pending steps included."""
+        ends = ("/fingerprint", "/pending/fingerprint")
+        keys = [k for k in d if k.endswith(ends[0]) and not k.endswith(ends[1])]
+        clients = dict.fromkeys(k[: -len(ends[0])] for k in keys)  # in the saved order
         decoders = {}
         for c in clients:
             dec = self._make_decoder()

@@ -36,6 +36,9 @@ DOWNLINK_BASE = "flcomp.downlink-base"
 """ConfigRecord key: the replica version a downlink payload applies to (-1: a key frame)."""
 SEED = "flcomp.seed"
 """ConfigRecord key: the run's seed, from which each client's encoder seed derives."""
+ROUND = "flcomp.round"
+"""ConfigRecord key: the round the instruction belongs to; the mod echoes it under the same
+MetricRecord key, and the server refuses a reply that answers another round."""
 SIDE = "flcomp.side"
 """ConfigRecord key: side information for the client's encoder from the codec's server
 (bytes, `RoundContext.side`); absent when the codec plans none."""

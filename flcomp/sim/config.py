@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
@@ -47,14 +48,27 @@ class RunConfig:
     """Ray CPUs per simulated client: 1 runs two clients at a time on a 2-core machine."""
     ray_address: str | None = None
     """Join this Ray cluster (e.g. "127.0.0.1:6379") instead of starting a local one."""
+    checkpoint_every: int | None = None
+    """Save a checkpoint after every this many rounds (`flcomp.sim.checkpoint`), from which
+    `flcomp run --resume` continues the run; None: no checkpoints."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; one of {ENGINES}")
-        if self.rounds < 1 or not 0 < self.fraction <= 1:
-            raise ValueError("a run needs rounds ≥ 1 and a fraction in (0, 1]")
+        if not self.rounds >= 1:
+            raise ValueError(f"a run needs rounds ≥ 1, got {self.rounds}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"a run needs a fraction of clients in (0, 1], got {self.fraction}")
+        if not self.seed >= 0:
+            raise ValueError(f"a run needs seed ≥ 0, got {self.seed}")
+        if not 0 < self.client_cpus < math.inf:
+            raise ValueError(f"a run needs a finite client_cpus > 0, got {self.client_cpus}")
+        if self.checkpoint_every is not None and not (
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1
+        ):
+            raise ValueError(f"checkpoint_every must be an integer ≥ 1 or None, got {self.checkpoint_every}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

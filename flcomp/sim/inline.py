@@ -12,11 +12,9 @@ from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
-
-CLIENT_APP_EXCEPTION = 1
-"""Error code of a reply whose ClientApp raised (the code Flower's runtime uses)."""
 
 
 class InlineGrid(Grid):
@@ -27,6 +25,7 @@ class InlineGrid(Grid):
         # Flower's runtime sets; here the server is node 0.
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, 1, 0
         self.app = app
+        self._sent = 0
         self.contexts = {
             first_node_id + i: Context(
                 run_id=run_id,
@@ -44,11 +43,14 @@ class InlineGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         replies = []
         for message in messages:
+            self._sent += 1  # message ids as Flower's grids give them, so replies name what they answer
+            message.metadata.__dict__["_message_id"] = f"inline-{self._sent}"
             context = self.contexts[message.metadata.dst_node_id]
             try:
                 replies.append(self.app(message, context))
             except Exception as e:  # as Flower's runtime does: an exception becomes an error reply
-                replies.append(Message(Error(code=CLIENT_APP_EXCEPTION, reason=repr(e)), reply_to=message))
+                error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=repr(e))
+                replies.append(Message(error, reply_to=message))
         return replies
 
     def _not_inline(self, *args, **kwargs):

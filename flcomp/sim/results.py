@@ -49,6 +49,19 @@ class RunRecorder:
         with open(self.directory / "rounds.csv", "w", newline="") as f:
             csv.writer(f).writerow(self.columns)
 
+    def resume(self, rows: list[dict]) -> None:
+        """Go on from a checkpoint's `rows`: rounds.csv is cut back to them (a killed run may have
+        written later rounds) and the wall clock goes on from the last one's wall_seconds."""
+        self.rows = [dict(r) for r in rows]
+        path = self.directory / "rounds.csv"
+        tmp = path.with_name(".rounds.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(self.columns)
+            out.writerows([row.get(k, "") for k in self.columns] for row in self.rows)
+        tmp.replace(path)
+        self._start = time.perf_counter() - float(self.rows[-1]["wall_seconds"]) if self.rows else self._start
+
     def add_round(self, row: dict) -> dict:
         """Append a row (missing columns stay empty); returns it with the derived columns."""
         last = self.rows[-1] if self.rows else {}

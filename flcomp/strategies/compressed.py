@@ -21,6 +21,7 @@ What crossed the links joins the round's metrics (`flcomp.strategies.traffic`).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -33,10 +34,12 @@ from flwr.serverapp.strategy import Strategy
 from flcomp.channel import Channel
 from flcomp.codecs import Codec, DecoderPool, ModelSpec
 from flcomp.protocol import records
-from flcomp.protocol.arrays import to_numpy
+from flcomp.protocol.arrays import from_numpy, to_numpy
+from flcomp.protocol.snapshot import Snapshot, SnapshotError, spec_from_json, spec_to_json
 from flcomp.strategies import uplink
 from flcomp.strategies.downlink import Broadcast
 from flcomp.strategies.network import apply_channel
+from flcomp.strategies.replies import ClientIds, check_evaluate, check_train, weight
 from flcomp.strategies.traffic import RoundTraffic
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,12 @@ class Compressed(Strategy):
         self._previous: ArrayRecord | None = None
         """The previous round's global model, for the model-change history."""
         self._model_changes: deque[float] = deque(maxlen=_MODEL_CHANGES_KEPT)
+        self.client_ids = ClientIds()
+        """Which node holds which stable client id (see `flcomp.strategies.replies.ClientIds`)."""
+        self._instructions: dict[int, list[Message]] = {}
+        """The train instructions of the round in progress (the grid gives them their message ids)."""
+        self._nodes: set[int] = set()
+        """The nodes whose state the server keeps (decoders, replica versions, client ids)."""
 
     def summary(self) -> None:
         log.info("Compressed uplink: %s", self.codec.describe())
@@ -91,6 +100,7 @@ class Compressed(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._track_model(arrays)
+        self._evict_departed(server_round, set(grid.get_node_ids()))
         self._global = arrays
         if self.broadcast is not None:
             self.broadcast.advance(server_round, arrays)
@@ -101,19 +111,35 @@ class Compressed(Strategy):
             traffic.downlink_stats = dict(self.broadcast.stats)
         side = self.pool.plan_round(server_round, [str(m.metadata.dst_node_id) for m in messages])
         for m in messages:
-            self._instruct(m, len(messages), side.get(str(m.metadata.dst_node_id)), traffic)
+            self._instruct(m, server_round, len(messages), side.get(str(m.metadata.dst_node_id)), traffic)
+        self._instructions = {server_round: messages}
+        self._nodes |= {m.metadata.dst_node_id for m in messages}
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         traffic = self.traffic.setdefault(server_round, RoundTraffic())
-        payloads, by_node = uplink.collect(replies, self.codec, self._global, traffic)
-        traffic.uplink_bytes = sum(len(p) for p in payloads.values())
+        sent = self._instructions.pop(server_round, [])
+        check = check_train(
+            replies,
+            server_round,
+            {m.metadata.message_id: m.metadata.dst_node_id for m in sent},
+            self.codec,
+            self._global,
+            self._weight_key,
+            self.client_ids,
+        )
+        for reason in check.ignored:
+            log.warning("round %d: ignored %s", server_round, reason)
+        traffic.dropped |= check.refused
+        self.client_ids.release(check.silent)
+        uploads = check.uploads
+        traffic.uplink_bytes = sum(len(u.payload) for u in uploads.values())
         replica_current: set[int] = set()  # dropped, but holding this round's model
         if self._network is not None:
-            replica_current = apply_channel(self._network, server_round, traffic, payloads, by_node)
-        accepted = uplink.decode(self.pool, self.codec, self._global, payloads, by_node, traffic)
+            replica_current = apply_channel(self._network, server_round, traffic, uploads)
+        accepted = uplink.decode(self.pool, self.codec, self._global, uploads, traffic)
         for node, reason in traffic.dropped.items():
             # Channel losses are the simulated network at work; anything else is a fault.
             level = logging.INFO if reason.startswith("channel: ") else logging.WARNING
@@ -121,8 +147,16 @@ class Compressed(Strategy):
             if self.broadcast is not None and node not in replica_current:
                 self.broadcast.forget(node)  # its replica may not hold this round's model
 
-        arrays, metrics = self.strategy.aggregate_train(server_round, accepted) if accepted else (None, None)
-        return arrays, MetricRecord((dict(metrics) if metrics else {}) | traffic.to_metrics())
+        arrays, metrics = None, None
+        if sum(weight(m, self._weight_key) for m in accepted):
+            arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+        elif accepted:
+            log.warning(
+                "round %d: the accepted clients weigh 0 (%s): the model stays", server_round, self._weight_key
+            )
+        return self._as_model(server_round, arrays), MetricRecord(
+            (dict(metrics) if metrics else {}) | traffic.to_metrics()
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -130,7 +164,51 @@ class Compressed(Strategy):
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        kept, refused = check_evaluate(replies, self._weight_key)
+        for node, reason in refused.items():
+            log.warning("round %d: evaluation of node %d ignored: %s", server_round, node, reason)
+        return self.strategy.aggregate_evaluate(server_round, kept) if kept else None
+
+    @property
+    def _weight_key(self) -> str:
+        """The metric the inner strategy weighs clients by (Flower's strategies: `weighted_by_key`)."""
+        return getattr(self.strategy, "weighted_by_key", "num-examples")
+
+    def _as_model(self, server_round: int, arrays: ArrayRecord | None) -> ArrayRecord | None:
+        """The inner strategy's aggregate as a model of the global model's keys and dtypes.
+
+        FedAvg averages integer buffers (BatchNorm's `num_batches_tracked`) into float64:
+        they are rounded back to their dtype, so the codecs never see them as floats. An
+        aggregate with other keys or shapes, or NaN/Inf, is refused: the model stays.
+        """
+        if arrays is None:
+            return None
+        out = {}
+        for k, a in self._global.items():
+            x = to_numpy(arrays[k]) if k in arrays else None
+            if x is None or x.shape != tuple(a.shape) or not np.isfinite(x).all():
+                log.error(
+                    "round %d: the aggregate's %r is missing, misshapen or not finite: the model stays",
+                    server_round,
+                    k,
+                )
+                return None
+            out[k] = arrays[k] if x.dtype == np.dtype(a.dtype) else from_numpy(_cast(x, np.dtype(a.dtype)))
+        return ArrayRecord(out)
+
+    def _evict_departed(self, server_round: int, connected: set[int]) -> None:
+        """Forget the nodes that left the grid: their decoders, replica versions and client ids.
+        A node that returns starts afresh (its encoder's next payload becomes a key frame, its
+        replica gets a key frame)."""
+        departed = self._nodes - connected
+        for node in sorted(departed):
+            self.pool.evict(str(node))
+            if self.broadcast is not None:
+                self.broadcast.forget(node)
+        if departed:
+            log.info("round %d: %d departed nodes' codec states evicted", server_round, len(departed))
+        self.client_ids.release(departed)
+        self._nodes -= departed
 
     def _track_model(self, arrays: ArrayRecord) -> None:
         """Note the model's change since the last round; (re)build the decoders for its spec."""
@@ -147,7 +225,9 @@ class Compressed(Strategy):
             self._model_changes.appendleft(change)
         self._previous = arrays
 
-    def _instruct(self, m: Message, num_clients: int, side: bytes | None, traffic: RoundTraffic) -> None:
+    def _instruct(
+        self, m: Message, server_round: int, num_clients: int, side: bytes | None, traffic: RoundTraffic
+    ) -> None:
         """Add the flcomp instructions to `m` (and, under a compressed downlink, its model
         record), counting what it sends to its node in `traffic`."""
         node = m.metadata.dst_node_id
@@ -157,6 +237,7 @@ class Compressed(Strategy):
             records.NUM_CLIENTS: num_clients,
             records.MODEL_CHANGE_SQ: list(self._model_changes),
             records.SEED: self.seed,
+            records.ROUND: server_round,
         }
         # Strategies may share one RecordDict among their messages (FedAvg does): each
         # message gets its own, whose changed records are new objects.
@@ -171,6 +252,84 @@ class Compressed(Strategy):
             traffic.add_downlink(node, len(side), side=True)
         for key, record in list(m.content.config_records.items()):
             m.content[key] = ConfigRecord(dict(record) | instructions)
+
+    _SNAPSHOT_ATTRIBUTES = ("_global", "_previous", "_model_changes", "_nodes", "client_ids.holder")
+    """What `state_dict` saves as it is, by attribute path: ArrayRecords, None, or JSON-able
+    values (numbers, text, lists, tuples, sets, deques, dicts with any keys). New plain state
+    of the server goes here."""
+
+    def state_dict(self) -> Snapshot:
+        """The server's flcomp state between rounds, for a checkpoint: the `_SNAPSHOT_ATTRIBUTES`,
+        the decoders' spec and states (every client's, pending steps included; LGC's round plans,
+        training window and autoencoder), the downlink (`Broadcast.state_dict`), the simulated
+        channel's state, and the codec, downlink, channel and seed it was made with.
+
+        Not in it: `traffic` (past rounds' reports) and the inner strategy, which is the
+        caller's to save (FedAvg and FedProx keep no state; FedAdam keeps moments).
+        """
+        s = Snapshot()
+        s.put_value("made_with", self._made_with)
+        for path in self._SNAPSHOT_ATTRIBUTES:
+            s.put_value(path, functools.reduce(getattr, path.split("."), self))
+        if self.pool is not None:
+            s.put_value("spec", spec_to_json(self._spec))
+            s.put_state("pool", self.pool.state_dict())
+        if self.broadcast is not None:
+            s.put("broadcast", self.broadcast.state_dict())
+        if self._network is not None:
+            s.put_value("network", self._network.state_dict())
+        return s
+
+    def load_state_dict(self, state: Snapshot) -> None:
+        """Restore `state_dict()`'s state into this Compressed, made with the same codec, downlink,
+        channel and seed. Raises SnapshotError (a ValueError) when the state does not fit, and
+        then changes nothing."""
+        made_with = state.value("made_with")
+        if made_with != self._made_with:
+            raise SnapshotError(f"the state is of {made_with}, this strategy is of {self._made_with}")
+        pool = spec = broadcast = network = None
+        try:
+            if "spec" in state:
+                spec = spec_from_json(state.value("spec"))
+                pool = self.codec.decoder_pool(spec, seed=self.seed)
+                pool.load_state_dict(state.state("pool"))
+            if self.broadcast is not None:
+                broadcast = Broadcast(self.broadcast.codec, seed=self.seed)
+                broadcast.load_state_dict(state.part("broadcast"))
+            if self._network is not None:
+                network = self.channel.simulator(self.seed)
+                network.load_state_dict(state.value("network"))
+        except ValueError as e:
+            raise SnapshotError(f"server state: {e}") from None
+        values = {}
+        for path in self._SNAPSHOT_ATTRIBUTES:
+            current, values[path] = functools.reduce(getattr, path.split("."), self), state.value(path)
+            if not (current is None or values[path] is None or type(values[path]) is type(current)):
+                raise SnapshotError(f"server state: {path} is a {type(values[path]).__name__}")
+        for path, value in values.items():
+            *owner, name = path.split(".")
+            setattr(functools.reduce(getattr, owner, self), name, value)
+        self.pool, self._spec, self.broadcast, self._network = pool, spec, broadcast, network
+
+    @property
+    def _made_with(self) -> dict:
+        """What a saved state must match: codec, downlink, channel and seed."""
+        return {
+            "codec": self.codec.describe(),
+            "downlink": self.broadcast.codec.describe() if self.broadcast is not None else None,
+            "channel": self.channel.describe() if self.channel is not None else None,
+            "seed": self.seed,
+        }
+
+
+def _cast(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An aggregated array back in its model dtype (integers rounded to the nearest)."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(dtype)
+    if dtype.kind == "b":
+        return x > 0.5
+    return x.astype(dtype)
 
 
 def _as_codec(codec: Codec | str) -> Codec:

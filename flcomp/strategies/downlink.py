@@ -34,6 +34,7 @@ from flwr.app import ArrayRecord
 from flcomp.codecs import Codec, Decoder, Encoder, Stats
 from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
+from flcomp.protocol.snapshot import Snapshot, SnapshotError
 
 
 class Broadcast:
@@ -99,3 +100,32 @@ class Broadcast:
     def forget(self, node: int) -> None:
         """`node` may not hold the latest replica (its reply failed): its next message is a key frame."""
         self._held.pop(node, None)
+
+    def state_dict(self) -> Snapshot:
+        """The version, the replica, this round's payload and stats, what each node holds, and
+        the encoder's (the server's error memory, pending step included) and the mirror's states."""
+        s = Snapshot()
+        for name in ("version", "replica", "payload", "stats"):
+            s.put_value(name, getattr(self, name))
+        s.put_value("held", self._held)
+        if self.encoder is not None:
+            s.put_state("encoder", self.encoder.state_dict())
+            s.put_state("mirror", self.mirror.state_dict())
+        return s
+
+    def load_state_dict(self, state: Snapshot) -> None:
+        """Restore `state_dict()`'s state (saved with the same codec and seed); SnapshotError
+        (a ValueError) when it does not fit."""
+        replica = state.value("replica")
+        encoder = mirror = None
+        if replica is not None:
+            spec = records.spec_of(replica)
+            encoder, mirror = self.codec.encoder(spec, seed=self.seed), self.codec.decoder(spec)
+            try:
+                encoder.load_state_dict(state.state("encoder"))
+                mirror.load_state_dict(state.state("mirror"))
+            except ValueError as e:
+                raise SnapshotError(f"downlink state: {e}") from None
+        self.version, self.payload = int(state.value("version")), state.value("payload")
+        self.stats, self._held = dict(state.value("stats")), dict(state.value("held"))
+        self.replica, self.encoder, self.mirror = replica, encoder, mirror

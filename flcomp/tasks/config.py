@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from flcomp.tasks.datasets import DATASETS
 from flcomp.tasks.models import MODELS
+from flcomp.tasks.objective import PROBLEMS
 from flcomp.tasks.partition import PARTITIONERS
 from flcomp.tasks.training import MODES
 
@@ -54,10 +56,16 @@ class TaskConfig:
             raise ValueError(
                 f"model {self.model!r} does not fit dataset {self.dataset!r} (a {problem} problem)"
             )
-        if self.num_clients < 1 or self.local_epochs < 1 or self.batch_size < 0:
-            raise ValueError("a task needs num_clients ≥ 1, local_epochs ≥ 1 and batch_size ≥ 0")
-        if self.lr <= 0 or self.alpha <= 0 or (self.weight_decay is not None and self.weight_decay < 0):
-            raise ValueError("a task needs lr > 0, alpha > 0 and weight_decay ≥ 0")
+        if PARTITIONERS[self.partition].by_label and not PROBLEMS[problem].labelled:
+            raise ValueError(f"partition {self.partition!r} splits by label; {self.dataset!r} has none")
+        for name, least in [("num_clients", 1), ("local_epochs", 1), ("batch_size", 0), ("seed", 0)]:
+            if not getattr(self, name) >= least:
+                raise ValueError(f"a task needs {name} ≥ {least}, got {getattr(self, name)}")
+        for name in ("lr", "alpha"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"a task needs a finite {name} > 0, got {getattr(self, name)}")
+        if self.weight_decay is not None and not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"a task needs a finite weight_decay ≥ 0 (or None), got {self.weight_decay}")
 
     @property
     def effective_weight_decay(self) -> float:

@@ -1,19 +1,23 @@
-"""The example app (examples/flower-app) in a real deployment on loopback, against its simulation.
+"""The example app (examples/flower-app) in real deployments on loopback.
 
-A SuperLink and two SuperNodes run as separate processes on 127.0.0.1, `flwr run`
-submits the app to them, and the final global model must equal (up to float
+A SuperLink and two SuperNodes run as separate processes on 127.0.0.1 and `flwr run`
+submits the app to them. Insecure, the final global model must equal (up to float
 summation order) the one the same ServerApp and ClientApp produce under
-`flwr.simulation.run_simulation`.
+`flwr.simulation.run_simulation`. Over TLS with SuperNode authentication (the CA,
+certificate and node keys from the example's certificates.py), a SuperNode killed
+mid-round and restarted must rejoin: the run goes on without it, then trains it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +42,14 @@ STARTUP_TIMEOUT = 30
 RUN_TIMEOUT = 240
 SIMULATION_TIMEOUT = 180
 STOP_TIMEOUT = 10
+HEARTBEAT_LAPSE_TIMEOUT = 90
+"""From the kill to the next round: Flower 1.42 fails a dead node's message 60 s after its
+last heartbeat (sent every 17.5-22.5 s), then the ServerApp's next pull (every 3 s) sees it."""
+
+KILL_ROUNDS = 5
+KILLED_IN_ROUND = 2
+"""SuperNode 0 is SIGKILLed while it trains this round, and restarted once the round is over."""
+SECURE = "secure"
 
 ENVIRONMENT = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -156,6 +168,28 @@ class Processes:
             time.sleep(0.2)
         pytest.fail(f"nothing listens on 127.0.0.1:{port} after {STARTUP_TIMEOUT} s\n{self.logs()}")
 
+    def wait_for_log(
+        self, name: str, text: str, watch: subprocess.Popen, count: int = 1, timeout: float = STARTUP_TIMEOUT
+    ) -> None:
+        """Wait until NAME.log holds `text` `count` times; fail with every log if `watch`
+        exits first or `timeout` s pass."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.directory / f"{name}.log").read_text(errors="replace").count(text) >= count:
+                return
+            if watch.poll() is not None:
+                pytest.fail(f"{watch.args[0]} exited with {watch.returncode}\n{self.logs()}")
+            time.sleep(0.2)
+        pytest.fail(f"{name}.log holds {text!r} fewer than {count} times after {timeout} s\n{self.logs()}")
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL `proc`, its process group and every process it started, as a power cut would."""
+        spawned = descendants([proc.pid])
+        _signal(proc.pid, signal.SIGKILL, group=True)
+        for pid in spawned:
+            _signal(pid, signal.SIGKILL)
+        proc.wait(timeout=STOP_TIMEOUT)
+
     def logs(self, tail: int = 4000) -> str:
         return "\n".join(
             f"--- {name}.log ---\n{(self.directory / f'{name}.log').read_text(errors='replace')[-tail:]}"
@@ -201,7 +235,8 @@ def copy_app(destination: Path) -> Path:
     app = shutil.copytree(EXAMPLE, destination, ignore=shutil.ignore_patterns("__pycache__", "*.npz"))
     pyproject = app / "pyproject.toml"
     text = pyproject.read_text()
-    for key, value in {"num-server-rounds": ROUNDS, "codec": f'"{CODEC}"', "num-partitions": 2}.items():
+    defaults = {"num-server-rounds": ROUNDS, "codec": f'"{CODEC}"', "num-partitions": 2, "min-nodes": 2}
+    for key, value in defaults.items():
         text, count = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text)
         assert count == 1, f"no {key} in the example's [tool.flwr.app.config]"
     pyproject.write_text(text)
@@ -222,17 +257,23 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def deploy(app: Path, directory: Path, result: Path) -> None:
-    """Run `app` on a SuperLink and two SuperNodes on loopback; it saves its final model to `result`."""
+def flwr_environment(directory: Path, name: str, port: int, security: str) -> dict:
+    """The environment of Flower's processes: a fresh $FLWR_HOME under `directory` whose
+    config.toml names the SuperLink on 127.0.0.1:`port` `name`, with `security` (TOML)."""
     home = directory / "flwr-home"
     home.mkdir()
-    link_port, *node_ports = free_ports(3)
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "127.0.0.1:{port}"\n{security}\n'
     )
     env = {**os.environ, **ENVIRONMENT, "FLWR_HOME": str(home)}
     env.pop("FLCOMP_RESULT_PATH", None)
+    return env
+
+
+def deploy(app: Path, directory: Path, result: Path) -> None:
+    """Run `app` on a SuperLink and two SuperNodes on loopback; it saves its final model to `result`."""
+    link_port, *node_ports = free_ports(3)
+    env = flwr_environment(directory, CONNECTION, link_port, "insecure = true")
     with Processes(directory, env) as processes:
         link = processes.start(
             "superlink",
@@ -274,6 +315,16 @@ def simulate(app: Path, directory: Path, result: Path) -> None:
         assert result.exists(), f"the ServerApp saved no model\n{processes.logs()}"
 
 
+def test_participation_rejects_what_is_not_a_positive_count_or_duration(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    from flcomp_app.settings import Participation, participation
+
+    assert participation({"min-nodes": 3, "round-timeout": "30"}) == Participation(3, 30.0)
+    for nodes, timeout in [(0, 30), (-1, 30), (1, 0), (1, -5), (1, float("nan")), (1, float("inf"))]:
+        with pytest.raises(ValueError):
+            participation({"min-nodes": nodes, "round-timeout": timeout})
+
+
 @pytest.mark.slow
 def test_deployment_matches_simulation(tmp_path):
     app = copy_app(tmp_path / "app")
@@ -292,3 +343,107 @@ def test_deployment_matches_simulation(tmp_path):
         assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5, err_msg=key)
     assert any(not np.allclose(a[k], initial[k]) for k in a), "the deployed model never changed"
+
+
+def assert_serves_tls(port: int, ca: Path) -> None:
+    """The SuperLink's port completes a TLS handshake whose certificate chains to `ca` and names 127.0.0.1."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=STARTUP_TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def register(public_key: Path, env: dict, cwd: Path) -> int:
+    """Register a SuperNode's public key with the SuperLink (`flwr supernode register`); its node id."""
+    done = subprocess.run(
+        [command("flwr"), "supernode", "register", str(public_key), SECURE, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=STARTUP_TIMEOUT,
+    )
+    assert done.returncode == 0, f"flwr supernode register failed\n{done.stdout}\n{done.stderr}"
+    return int(json.loads(done.stdout)["node-id"])
+
+
+@pytest.mark.slow
+def test_tls_deployment_with_node_authentication_survives_a_killed_supernode(tmp_path):
+    app, result, certs = copy_app(tmp_path / "app"), tmp_path / "final.npz", tmp_path / "certs"
+    # The example's own script: a CA, the SuperLink's certificate, three SuperNode key pairs.
+    script = [sys.executable, str(EXAMPLE / "certificates.py"), str(certs)]
+    subprocess.run([*script, "--host", "127.0.0.1", "--supernodes", "3"], check=True, timeout=STARTUP_TIMEOUT)
+    ca, certificate, key = certs / "ca.crt", certs / "server.pem", certs / "server.key"
+    link_port, *node_ports = free_ports(4)
+    env = flwr_environment(tmp_path, SECURE, link_port, f'root-certificates = "{ca}"')
+    with Processes(tmp_path, env) as processes:
+        link = processes.start(
+            "superlink",
+            command("flower-superlink"),
+            *("--ssl-ca-certfile", str(ca), "--ssl-certfile", str(certificate), "--ssl-keyfile", str(key)),
+            *("--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(link_port)),
+            cwd=tmp_path,
+        )
+        processes.wait_for_port(link_port, link)
+        assert_serves_tls(link_port, ca)
+        keys = [certs / f"supernode-{i}" for i in range(3)]
+        node_ids = [register(certs / f"supernode-{i}.pub", env, tmp_path) for i in range(2)]
+
+        def supernode(name: str, partition: int, private_key: Path, port: int) -> subprocess.Popen:
+            return processes.start(
+                name,
+                command("flower-supernode"),
+                *("--root-certificates", str(ca), "--superlink", f"127.0.0.1:{link_port}"),
+                *("--auth-supernode-private-key", str(private_key), "--port", str(port)),
+                *("--node-config", f"partition-id={partition} num-partitions=2"),
+                cwd=tmp_path,
+            )
+
+        # A SuperNode whose key nobody registered must be turned away.
+        intruder = supernode("intruder", 1, keys[2], node_ports[2])
+        nodes = [supernode(f"supernode-{i}", i, keys[i], node_ports[i]) for i in range(2)]
+        for node_id, node in zip(node_ids, nodes):
+            processes.wait_for_log("superlink", f"Activated node_id={node_id}", watch=node)
+        processes.wait_for_log("intruder", "Failed to activate SuperNode", link)
+        assert intruder.wait(timeout=STOP_TIMEOUT) != 0, processes.logs()
+
+        # min-nodes=1: the rounds after the kill go on with the one node left.
+        run_config = f"num-server-rounds={KILL_ROUNDS} min-nodes=1 result-path='{result}'"
+        run = processes.start(
+            "flwr-run",
+            command("flwr"),
+            *("run", str(app), SECURE, "--stream", "--run-config", run_config),
+            cwd=tmp_path,
+        )
+        # Killed while its ClientApp trains: its reply never comes.
+        received = "Receiving: train message"
+        processes.wait_for_log("supernode-0", received, run, count=KILLED_IN_ROUND, timeout=RUN_TIMEOUT)
+        processes.kill(nodes[0])
+        pushed = f"Push replies from node_id={node_ids[0]}"
+        pushed_before = (tmp_path / "superlink.log").read_text().count(pushed)
+        processes.wait_for_log(
+            "flwr-run", f"[ROUND {KILLED_IN_ROUND + 1}/{KILL_ROUNDS}]", run, timeout=HEARTBEAT_LAPSE_TIMEOUT
+        )
+        # Same key (so the same node id), same partition, a fresh process: empty Context.state.
+        restarted = supernode("supernode-0-restarted", 0, keys[0], node_ports[0])
+        processes.wait_for_log("superlink", f"Activated node_id={node_ids[0]}", restarted, count=2)
+        processes.finish(run, RUN_TIMEOUT)
+        assert result.exists(), f"the ServerApp saved no model\n{processes.logs()}"
+        output = (tmp_path / "flwr-run.log").read_text(errors="replace")
+        assert (tmp_path / "superlink.log").read_text().count(pushed) > pushed_before, processes.logs()
+        assert restarted.poll() is None, processes.logs()
+
+    clients = {int(r): int(n) for r, n in re.findall(r"round (\d+): (\d+) clients", output)}
+    assert sorted(clients) == list(range(1, KILL_ROUNDS + 1)), output[-4000:]
+    assert all(clients[r] == 2 for r in range(1, KILLED_IN_ROUND)), clients
+    assert clients[KILLED_IN_ROUND] == 1, clients
+    assert f"round {KILLED_IN_ROUND}: client {node_ids[0]} dropped" in output, output[-4000:]
+    # Both again: the restarted node's first payload was decoded (its encoder restarted
+    # from nothing, so it sent a key frame).
+    assert clients[KILL_ROUNDS] == 2, clients
+    final, initial = load_arrays(result), initial_arrays(app)
+    assert final.keys() == initial.keys()
+    assert all(np.isfinite(a).all() for a in final.values())
+    assert any(not np.allclose(final[k], initial[k]) for k in final), "the model never changed"

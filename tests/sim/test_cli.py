@@ -27,9 +27,10 @@ def test_flcomp_codecs_takes_codec_strings(capsys):
     assert fp32[0] == "fp32" and float(fp32[3]) == 0.0
 
 
-def test_flcomp_refuses_an_unknown_codec():
-    with pytest.raises(ValueError, match="unknown codec"):
+def test_flcomp_refuses_an_unknown_codec(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["codecs", "nosuchcodec"])
+    assert exit_info.value.code == 2 and "unknown codec" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from flcomp.strategies import Compressed
 from flcomp.tasks import Task
-from flcomp_app.settings import run_config, task_config
+from flcomp_app.settings import participation, run_config, task_config
 
 app = ServerApp()
 
@@ -22,19 +22,22 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = run_config(context)
-    num_nodes = int(config["num-partitions"])
+    num_partitions = int(config["num-partitions"])
+    nodes = participation(config)
     seed = int(config["seed"])
     random.seed(seed)  # Flower samples the nodes of a round with the global `random`
 
-    task = Task(task_config(config, num_nodes))
+    task = Task(task_config(config, num_partitions))
     # The one flcomp line on the server side: wrap the strategy. `Compressed` tells
     # each client the codec and decodes its payload back into arrays for FedAvg.
     strategy = Compressed(
+        # Each round trains every SuperNode connected when it starts, once there are
+        # min-nodes of them: a device that drops out is left out until it returns.
         FedAvg(
             fraction_train=1.0,
             fraction_evaluate=0.0,
-            min_available_nodes=num_nodes,
-            min_train_nodes=num_nodes,
+            min_available_nodes=nodes.min_nodes,
+            min_train_nodes=nodes.min_nodes,
         ),
         codec=str(config["codec"]),
         seed=seed,
@@ -49,6 +52,9 @@ def main(grid: Grid, context: Context) -> None:
         grid=grid,
         initial_arrays=initial,
         num_rounds=int(config["num-server-rounds"]),
+        # A node that dies mid-round gets an error reply from the SuperLink once its
+        # heartbeat lapses; the timeout bounds a round whose node is alive but stuck.
+        timeout=nodes.round_timeout,
         evaluate_fn=evaluate,
     )
 
@@ -56,8 +62,9 @@ def main(grid: Grid, context: Context) -> None:
         metrics = result.evaluate_metrics_serverapp.get(rnd, {})
         log(
             INFO,
-            "round %d: accuracy %.4f, uplink %d B, downlink %d B",
+            "round %d: %d clients, accuracy %.4f, uplink %d B, downlink %d B",
             rnd,
+            traffic.accepted,
             metrics.get("accuracy", float("nan")),
             traffic.uplink_bytes,
             traffic.downlink_bytes,

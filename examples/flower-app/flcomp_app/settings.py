@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -37,3 +39,24 @@ def task_config(config: dict, num_partitions: int) -> TaskConfig:
         num_clients=num_partitions,
         lr=float(config["lr"]),
     )
+
+
+@dataclass(frozen=True)
+class Participation:
+    """Which nodes a round trains, and how long it waits for them."""
+
+    min_nodes: int
+    """A round starts once this many SuperNodes are connected, then trains all of them."""
+    round_timeout: float
+    """Seconds a round waits for its replies; it goes on with those that came."""
+
+
+def participation(config: dict) -> Participation:
+    """`min-nodes` and `round-timeout` of the run config; ValueError if either is not positive."""
+    min_nodes = int(config["min-nodes"])
+    timeout = float(config["round-timeout"])
+    if min_nodes < 1:
+        raise ValueError(f"min-nodes must be at least 1, not {min_nodes}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"round-timeout must be a positive number of seconds, not {timeout}")
+    return Participation(min_nodes, timeout)

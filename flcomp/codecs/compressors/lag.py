@@ -17,6 +17,7 @@ Shared state: ĝ, one float32 array per tensor (zeros after a key frame).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,8 +41,8 @@ class LAGConfig:
     "relative": ‖g − ĝ‖² ≤ ξ·‖g‖², for drivers that supply no history."""
 
     def __post_init__(self) -> None:
-        if self.xi < 0 or self.memory < 1:
-            raise ValueError("LAG needs xi ≥ 0 and memory ≥ 1")
+        if not (0 <= self.xi < math.inf and self.memory >= 1):
+            raise ValueError(f"LAG needs a finite xi ≥ 0 and memory ≥ 1, got {self.xi}, {self.memory}")
         if self.rule == "relative" and self.xi >= 1:
             raise ValueError("the relative rule needs xi < 1 (e.g. 0.1): with xi ≥ 1 it skips every round")
 

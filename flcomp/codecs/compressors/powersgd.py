@@ -17,6 +17,7 @@ Q for the warm start is encoder-local state.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +39,11 @@ class PowerSGDConfig:
     """Compress a tensor only if n·m / ((n + m)·r) reaches this; else send it whole."""
 
     def __post_init__(self) -> None:
-        if self.rank < 1 or self.min_compression_rate <= 0:
-            raise ValueError("PowerSGD needs rank ≥ 1 and min_compression_rate > 0")
+        if not (self.rank >= 1 and 0 < self.min_compression_rate < math.inf):
+            raise ValueError(
+                "PowerSGD needs rank ≥ 1 and a finite min_compression_rate > 0, "
+                f"got rank={self.rank}, min_compression_rate={self.min_compression_rate}"
+            )
 
 
 def matrix_shape(t: TensorSpec) -> tuple[int, int]:

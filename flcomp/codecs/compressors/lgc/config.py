@@ -109,10 +109,13 @@ class LGCConfig:
         encoder, decoder = _channels(self.encoder_channels), _channels(self.decoder_channels)
         if len(decoder) < len(encoder):
             raise ValueError("LGC's decoder needs at least as many layers as its encoder")
-        if not (self.lambda_reconstruction > 0 and self.lambda_similarity >= 0 and self.ae_lr > 0):
-            raise ValueError("LGC needs lambda_reconstruction > 0, lambda_similarity ≥ 0 and ae_lr > 0")
-        if not self.negative_slope >= 0:
-            raise ValueError("LGC needs negative_slope ≥ 0")
+        inf = math.inf
+        if not (0 < self.lambda_reconstruction < inf and 0 <= self.lambda_similarity < inf):
+            raise ValueError("LGC needs a finite lambda_reconstruction > 0 and lambda_similarity ≥ 0")
+        if not 0 < self.ae_lr < inf:
+            raise ValueError(f"LGC needs a finite ae_lr > 0, got {self.ae_lr}")
+        if not 0 <= self.negative_slope < inf:
+            raise ValueError("LGC needs a finite negative_slope ≥ 0")
 
     @property
     def encoder_layers(self) -> tuple[int, ...]:
