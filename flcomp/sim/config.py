@@ -35,9 +35,9 @@ class RunConfig:
     """Inner Flower strategy: one of STRATEGIES."""
     rounds: int = 20
     fraction: float = 1.0
-    """Fraction of the clients instructed each round. Below 1, which clients are drawn
-    depends on the node ids Flower's simulation assigns at random, so on the Ray engine
-    only runs with fraction 1 are reproducible to the bit (the inline engine's are all)."""
+    """Fraction of the clients instructed each round, drawn by stable id (partition-id + 1)
+    with a generator seeded by (seed, round) (`flcomp.strategies.compressed.seeded_sampling`):
+    the same cohorts on both engines and for every codec."""
     seed: int = 0
     """Seeds node sampling and the clients' encoders (the task has its own seed)."""
     engine: str = "ray"

@@ -21,10 +21,12 @@ What crossed the links joins the round's metrics (`flcomp.strategies.traffic`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -53,8 +55,9 @@ class Compressed(Strategy):
     `codec` is a `Codec` or its text ("topk:ratio=0.01"); `downlink`, if given, the
     codec of the server's broadcast (see `flcomp.strategies.downlink`); `channel`, if
     given, a `flcomp.channel.Channel` or its text ("urban-sub6:deadline_s=2"); `seed`
-    seeds the encoders (stochastic codecs) and the channel, so two runs with the same
-    seed send the same bytes over the same links.
+    seeds the encoders (stochastic codecs), the channel and the inner strategy's node
+    sampling (`seeded_sampling`), so two runs with the same seed sample the same nodes
+    and send the same bytes over the same links.
     """
 
     def __init__(
@@ -105,7 +108,8 @@ class Compressed(Strategy):
         if self.broadcast is not None:
             self.broadcast.advance(server_round, arrays)
             self._global = self.broadcast.replica  # what clients train from: the uplink's w_global
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        with seeded_sampling(self.seed, server_round):
+            messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         traffic = self.traffic[server_round] = RoundTraffic()
         if self.broadcast is not None:
             traffic.downlink_stats = dict(self.broadcast.stats)
@@ -161,7 +165,8 @@ class Compressed(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        with seeded_sampling(self.seed, -server_round):
+            return list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         kept, refused = check_evaluate(replies, self._weight_key)
@@ -320,6 +325,23 @@ class Compressed(Strategy):
             "channel": self.channel.describe() if self.channel is not None else None,
             "seed": self.seed,
         }
+
+
+@contextlib.contextmanager
+def seeded_sampling(seed: int, stream: int) -> Iterator[None]:
+    """Python's global `random`, which Flower's strategies sample nodes with, seeded by
+    (`seed`, `stream`) inside the block and as it was after it.
+
+    The cohort of a round is then a function of the seed, the round and the node ids alone:
+    the same on every engine, for every codec of a comparison, and after a resume, whatever
+    else draws from `random` in the process (Ray does).
+    """
+    state = random.getstate()
+    random.seed(f"flcomp-sampling/{seed}/{stream}")
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def _cast(x: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -5,7 +5,7 @@ import random
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
@@ -178,3 +178,26 @@ def test_a_client_that_lost_its_replica_is_dropped_once_then_resynchronised():
     run(strategy, make_app(forget_replica), rounds=4)
     assert list(strategy.traffic[3].dropped) == [101] and "stale replica" in strategy.traffic[3].dropped[101]
     assert strategy.traffic[4].accepted == NODES
+
+
+def cohorts(strategy, rounds=5, seed=0, disturb=False):
+    """The nodes each round instructs."""
+    grid = InlineGrid(make_app(), 8, first_node_id=101)
+    random.seed(seed)
+    arrays = initial()
+    out = []
+    for rnd in range(1, rounds + 1):
+        if disturb:
+            random.random()  # another user of the global `random` (Ray does draw from it)
+        messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
+        out.append(sorted(m.metadata.dst_node_id for m in messages))
+        arrays, _ = strategy.aggregate_train(rnd, grid.send_and_receive(messages))
+    return out
+
+
+def test_every_codec_of_a_comparison_trains_the_same_cohorts():
+    first = cohorts(Compressed(fedavg(fraction_train=0.5), codec="fp32", seed=4))
+    assert len({tuple(c) for c in first}) > 1  # the cohort changes from round to round
+    for codec in ("topk:ratio=0.1", "signxor", "tpc"):
+        assert cohorts(Compressed(fedavg(fraction_train=0.5), codec=codec, seed=4), disturb=True) == first
+    assert cohorts(Compressed(fedavg(fraction_train=0.5), codec="fp32", seed=5)) != first

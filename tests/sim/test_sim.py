@@ -47,8 +47,9 @@ def test_three_codecs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_bits_and_accuracy(tmp_path):
-    config = quick("qsgd:levels=4", seed=5)
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_same_seed_same_bits_and_accuracy(tmp_path, fraction):
+    config = quick("qsgd:levels=4", seed=5, fraction=fraction)
     run(config, tmp_path / "a", progress=False)
     run(config, tmp_path / "b", progress=False)
     assert stable_rows(tmp_path / "a") == stable_rows(tmp_path / "b")
@@ -93,9 +94,15 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_inline_engine_matches_flowers_simulation_engine(tmp_path):
-    run(quick("qsgd:levels=4", seed=2), tmp_path / "ray", progress=False)
-    run(quick("qsgd:levels=4", seed=2, engine="inline"), tmp_path / "inline", progress=False)
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_inline_engine_matches_flowers_simulation_engine(tmp_path, fraction):
+    """Nodes are sampled by stable id on both engines: the same cohorts, the same rows."""
+    run(quick("qsgd:levels=4", seed=2, fraction=fraction), tmp_path / "ray", progress=False)
+    run(
+        quick("qsgd:levels=4", seed=2, fraction=fraction, engine="inline"),
+        tmp_path / "inline",
+        progress=False,
+    )
     assert stable_rows(tmp_path / "ray") == stable_rows(tmp_path / "inline")
 
 
