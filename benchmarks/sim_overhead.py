@@ -1,8 +1,9 @@
 """Simulation overhead of the wrapper: per-round wall seconds, plain Flower vs flcomp.
 
 Plain FedAvg, `Compressed(FedAvg, codec="fp32")` (the identity codec) and
-`Compressed(FedAvg, codec="topk")` (1%, error feedback) on Flower's Ray simulation
-engine with two single-CPU actors, every client training every round. The "training"
+`Compressed(FedAvg, codec="topk")` (1%, error feedback) on Flower's Simulation Runtime
+(`flwr run` on a SuperLink of its own, `flcomp.sim.simapp.launch.flwr_run`; this file is the
+app: `server` and `client`) with two single-CPU Ray actors, every client training every round. The "training"
 is one cheap NumPy step on an MLP-shaped model of about `--entries` float32 weights,
 so the time is Flower's and the codec path's.
 
@@ -44,19 +45,22 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 import argparse
+import json
 import statistics
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
-from flwr.simulation import run_simulation
 
 from flcomp.clients import compression_mod
 from flcomp.protocol import records
+from flcomp.sim.simapp.launch import flwr_run
 from flcomp.strategies import Compressed
 
 CODECS = ("fp32", "topk")
@@ -142,34 +146,71 @@ def one_round(strategy: Strategy, grid: Grid, arrays: ArrayRecord) -> tuple[floa
     return stamps[1] - stamps[0], result.arrays, result.train_metrics_clientapp[1]
 
 
-def server_app(
-    strategies: list[Strategy],
-    clients: int,
-    rounds: int,
-    entries: int,
-    pull_interval: float,
-    out: list[Series],
-) -> ServerApp:
-    """A ServerApp that runs 1 + `rounds` rounds of each strategy, alternating, and appends
-    one Series per strategy to `out`."""
-    app = ServerApp()
+def alternate(
+    grid: Grid, strategies: list[Strategy], clients: int, rounds: int, entries: int
+) -> list[Series]:
+    """Run 1 + `rounds` rounds of each strategy on `grid`, alternating (ABBA); one Series each."""
+    arrays = [initial_model(entries) for _ in strategies]
+    seconds: list[list[float]] = [[] for _ in strategies]
+    uplink = [0] * len(strategies)
+    for r in range(1 + rounds):
+        order = range(len(strategies)) if r % 2 == 0 else reversed(range(len(strategies)))
+        for i in order:
+            s, arrays[i], metrics = one_round(strategies[i], grid, arrays[i])
+            if r > 0:
+                seconds[i].append(s)
+            uplink[i] = uplink_bytes(strategies[i], clients, arrays[i], metrics)
+    return [Series(s, b) for s, b in zip(seconds, uplink)]
 
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        grid.pull_interval = pull_interval
-        arrays = [initial_model(entries) for _ in strategies]
-        seconds: list[list[float]] = [[] for _ in strategies]
-        uplink = [0] * len(strategies)
-        for r in range(1 + rounds):
-            order = range(len(strategies)) if r % 2 == 0 else reversed(range(len(strategies)))
-            for i in order:
-                s, arrays[i], metrics = one_round(strategies[i], grid, arrays[i])
-                if r > 0:
-                    seconds[i].append(s)
-                uplink[i] = uplink_bytes(strategies[i], clients, arrays[i], metrics)
-        out.extend(Series(s, b) for s, b in zip(seconds, uplink))
 
-    return app
+PROJECT = """
+[project]
+name = "flcomp-sim-overhead"
+version = "1.0.0"
+description = "benchmarks/sim_overhead.py on Flower's Simulation Runtime"
+license = "Apache-2.0"
+
+[tool.flwr.app]
+publisher = "flcomp"
+
+[tool.flwr.app.components]
+serverapp = "sim_overhead:server"
+clientapp = "sim_overhead:client"
+
+[tool.flwr.app.config]
+codec = ""
+with-mod = true
+clients = 0
+rounds = 0
+entries = 0
+pull-interval = 0.01
+out = ""
+"""
+"""The Flower app that `simulate` runs: this file's `server` and `client` (the bundle holds a
+copy of this file beside it). codec "": plain FedAvg alone; out: where the Series go (JSON)."""
+
+server = ServerApp()
+
+
+@server.main()
+def _serve(grid: Grid, context: Context) -> None:
+    c = context.run_config
+    clients = int(c["clients"])
+    strategies: list[Strategy] = [fedavg(clients)]
+    if c["codec"]:
+        strategies.append(Compressed(fedavg(clients), codec=str(c["codec"])))
+    grid.pull_interval = float(c["pull-interval"])
+    out = alternate(grid, strategies, clients, int(c["rounds"]), int(c["entries"]))
+    Path(str(c["out"])).write_text(json.dumps([asdict(series) for series in out]))
+
+
+_CLIENTS = {True: client_app(True), False: client_app(False)}
+client = ClientApp()
+
+
+@client.train()
+def _train(msg: Message, context: Context) -> Message:
+    return _CLIENTS[bool(context.run_config["with-mod"])](msg, context)
 
 
 def uplink_bytes(strategy: Strategy, clients: int, arrays: ArrayRecord, metrics: MetricRecord) -> int:
@@ -185,19 +226,30 @@ def simulate(
     codec: str | None, with_mod: bool, clients: int, rounds: int, entries: int, pull: float
 ) -> list[Series]:
     """One simulation: plain FedAvg alternating with `Compressed(FedAvg, codec)`, or alone."""
-    strategies: list[Strategy] = [fedavg(clients)]
-    if codec is not None:
-        strategies.append(Compressed(fedavg(clients), codec=codec))
-    out: list[Series] = []
-    run_simulation(
-        server_app=server_app(strategies, clients, rounds, entries, pull, out),
-        client_app=client_app(with_mod),
-        num_supernodes=clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
-    )
-    if not out:
-        raise RuntimeError(f"the simulation with {clients} clients ({codec or 'plain'}) did not finish")
-    return out
+    with tempfile.TemporaryDirectory(prefix="flcomp-overhead-") as tmp:
+        project, out = Path(tmp) / "pyproject.toml", Path(tmp) / "series.json"
+        project.write_text(PROJECT)
+        flwr_run(
+            project,
+            {
+                "codec": codec or "",
+                "with-mod": with_mod,
+                "clients": clients,
+                "rounds": rounds,
+                "entries": entries,
+                "pull-interval": pull,
+                "out": str(out),
+            },
+            {"num-supernodes": clients, "client-resources-num-cpus": 1, "init-args-num-cpus": 2},
+            Path(tmp) / "flower.log",
+            files=[Path(__file__)],
+        )
+        if not out.exists():
+            log = (Path(tmp) / "flower.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(
+                f"the simulation with {clients} clients ({codec or 'plain'}) did not finish:\n{log}"
+            )
+        return [Series(**series) for series in json.loads(out.read_text())]
 
 
 def measure(clients: int, rounds: int, entries: int, pull: float) -> Row:

@@ -131,6 +131,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.client_cpus,
         help="Ray CPUs per client",
     )
+    run.add_argument(
+        "--max-client-states",
+        type=number(int, 1),
+        default=None,
+        metavar="N",
+        help="hold at most N clients' codec states on the server, evicting the least recently "
+        "instructed (default: no bound)",
+    )
     run.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. 127.0.0.1:6379)")
     run.add_argument("--out", type=Path, default=None, help="results directory (default under results/)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -180,6 +188,7 @@ def run_config(args: argparse.Namespace, codec: str):
             engine=args.engine,
             client_cpus=args.client_cpus,
             ray_address=args.ray_address,
+            max_client_states=args.max_client_states,
             checkpoint_every=getattr(args, "checkpoint_every", None),
         ),
     )

@@ -8,10 +8,11 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from flcomp.codecs import Codec, Encoder, ModelSpec
+from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
 
-_STATE_ARRAYS = "flcomp.encoder.arrays"
-_STATE_META = "flcomp.encoder.meta"
+_STATE_ARRAYS = records.CLIENT_STATE_PREFIX + "encoder.arrays"
+_STATE_META = records.CLIENT_STATE_PREFIX + "encoder.meta"
 
 
 def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) -> Encoder:

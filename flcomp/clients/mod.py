@@ -8,7 +8,8 @@ settles its encoder's pending step against the server's decoder fingerprint, let
 the app train, encodes (with the codec's side information, when the server sent any)
 Δ = w_global − w_local of the floating-point arrays and replaces the reply's
 ArrayRecord with the payload (integer arrays travel as they are). The encoder's
-state stays in `context.state` between rounds. Instructions without an flcomp
+state stays in `context.state` between rounds; the reply's metrics report its bytes
+(`records.CLIENT_STATE_BYTES`, the replica's included). Instructions without an flcomp
 codec (e.g. evaluation, or a plain strategy) pass through untouched.
 """
 
@@ -21,8 +22,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRe
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from flcomp.clients import encoder_state
-from flcomp.clients.replica import receive_broadcast
+from flcomp.clients import encoder_state, replica
 from flcomp.codecs import Codec, RoundContext
 from flcomp.protocol import records
 from flcomp.protocol.arrays import to_numpy
@@ -37,7 +37,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     codec = Codec.parse(str(config[records.CODEC]))
     global_key, global_record = records.the_record(msg.content.array_records.items())
     if records.DOWNLINK in config:
-        global_record = msg.content[global_key] = receive_broadcast(global_record, config, context)
+        global_record = msg.content[global_key] = replica.receive_broadcast(global_record, config, context)
     keys = records.float_keys(global_record)
     spec = records.spec_of(global_record)
     client = _client_id(context)
@@ -84,6 +84,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     metrics[records.UPLINK_BYTES] = len(payload)
     metrics[records.ENCODE_SECONDS] = seconds
     metrics[records.TRAIN_SECONDS] = train_seconds
+    metrics[records.CLIENT_STATE_BYTES] = encoder.state_bytes + replica.state_bytes(context)
     for name, value in encoder.last_stats.items():
         metrics[records.STAT_PREFIX + name] = float(value)
     return reply

@@ -13,9 +13,9 @@ from flcomp.codecs import Codec, Decoder, PayloadError
 from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
 
-_REPLICA = "flcomp.replica"
-_REPLICA_META = "flcomp.replica.meta"
-_DECODER = "flcomp.replica.decoder"
+_REPLICA = records.CLIENT_STATE_PREFIX + "replica"
+_REPLICA_META = records.CLIENT_STATE_PREFIX + "replica.meta"
+_DECODER = records.CLIENT_STATE_PREFIX + "replica.decoder"
 
 
 def receive_broadcast(record: ArrayRecord, config: ConfigRecord, context: Context) -> ArrayRecord:
@@ -45,6 +45,12 @@ def receive_broadcast(record: ArrayRecord, config: ConfigRecord, context: Contex
         {"version": int(config[records.DOWNLINK_VERSION]), "fingerprint": decoder.fingerprint}
     )
     return replica
+
+
+def state_bytes(context: Context) -> int:
+    """Bytes of the replica's and the downlink decoder's arrays in `context.state` (0 without)."""
+    held = context.state.array_records
+    return sum(records.record_nbytes(held[k]) for k in (_REPLICA, _DECODER) if k in held)
 
 
 def _apply_payload(

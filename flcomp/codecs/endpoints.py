@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flcomp.codecs.compressor import Compressor, RoundContext, State, Stats, Step
+from flcomp.codecs.compressor import Compressor, RoundContext, State, Stats, Step, StepRng
 from flcomp.codecs.errors import PayloadError, ProtocolError, StateMismatchError
-from flcomp.codecs.spec import ModelSpec
+from flcomp.codecs.spec import ModelSpec, all_finite
 from flcomp.codecs.wire import HEADER_BYTES, Header, PayloadWriter, pack, unpack
 
 INITIAL_FINGERPRINT = 0
@@ -41,6 +41,11 @@ INITIAL_FINGERPRINT = 0
 def max_payload_bytes(spec: ModelSpec) -> int:
     """An upper bound on any codec's payload for `spec`: 8 bytes an entry, 1 KiB a tensor."""
     return HEADER_BYTES + 64 + 8 * spec.size + 1024 * len(spec)
+
+
+def arrays_nbytes(*states: State) -> int:
+    """The bytes the arrays of `states` hold (their `nbytes`; scalars and bookkeeping not counted)."""
+    return sum(int(np.asarray(v).nbytes) for state in states for v in state.values())
 
 
 def next_fingerprint(fingerprint: int, crc: int) -> int:
@@ -88,6 +93,12 @@ class Encoder:
         """The fingerprint the decoder will hold once the pending step is delivered."""
         return None if self._pending is None else self._pending.fingerprint
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the arrays this encoder holds: shared, local and the pending step's."""
+        pending = (self._pending.shared, self._pending.local) if self._pending is not None else ()
+        return arrays_nbytes(self.shared, self.local, *pending)
+
     def encode(
         self,
         update: Sequence[np.ndarray],
@@ -109,9 +120,11 @@ class Encoder:
         shared = self.compressor.receive(ctx.side, shared)
         base_fingerprint = INITIAL_FINGERPRINT if key_frame else self.fingerprint
         out = PayloadWriter()
-        rng = np.random.default_rng((self.seed, self.steps))
+        rng = StepRng((self.seed, self.steps))
         step: Step = self.compressor.encode(x, shared, self.local, out, rng, ctx)
-        if not self.compressor.lossless and not all(np.isfinite(d).all() for d in step.decoded):
+        if not (self.compressor.lossless or self.compressor.finite_reconstruction) and not all(
+            all_finite(d) for d in step.reconstruction()
+        ):
             raise ValueError(
                 f"{self.compressor.name} cannot represent this update in float32 "
                 "(its reconstruction overflows); scale the update down"
@@ -215,6 +228,11 @@ class Decoder:
         """Whether a decoded step awaits `commit()` or `rollback()`."""
         return self._pending is not None
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the arrays this decoder holds: its shared state and the pending step's."""
+        return arrays_nbytes(self.shared, *((self._pending.shared,) if self._pending is not None else ()))
+
     def decode(self, payload: bytes, side: bytes = b"") -> list[np.ndarray]:
         """Decode a payload into arrays shaped as the spec; the step stays pending.
 
@@ -249,7 +267,7 @@ class Decoder:
         for i, xi in enumerate(flat):
             if xi.dtype != np.float32 or xi.shape != (spec.tensors[i].size,):
                 raise PayloadError(f"tensor {i} decodes to {xi.dtype}{list(xi.shape)}")
-            if not np.isfinite(xi).all():
+            if not all_finite(xi):
                 raise PayloadError(f"tensor {i} decodes to NaN or Inf")
         self._pending = _Pending(new_shared, {}, next_fingerprint(base, _crc(header.crc, side)))
         return spec.restore(flat)
@@ -339,8 +357,14 @@ class DecoderPool:
                 result.errors[client] = e
         return result
 
+    def state_bytes(self) -> dict[str, int]:
+        """client → bytes of the arrays the pool holds for it (its decoder's state, pending step
+        included; subclasses add their other per-client state). Every client held is a key."""
+        return {c: dec.state_bytes for c, dec in self.decoders.items()}
+
     def evict(self, client: str) -> None:
-        """Forget `client` (it left): if it returns, its decoder starts in the initial state."""
+        """Forget `client` (it left, or the server bounds its states): if it returns, its decoder
+        starts in the initial state, and its encoder's next payload is a key frame."""
         self.decoders.pop(client, None)
         self.side.pop(client, None)
 

@@ -12,6 +12,7 @@ of the model (integer buffers travel as they are).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -64,6 +65,13 @@ STAT_PREFIX = "flcomp.stat."
 (`Step.stats`); the server's round metrics hold their sum over the accepted clients."""
 DOWNLINK_STAT_PREFIX = "flcomp.downlink-stat."
 """MetricRecord key prefix (round metrics): what the server's downlink encoding step reported."""
+CLIENT_STATE_PREFIX = "flcomp."
+"""Key prefix of the records the client mod keeps in `context.state` (the encoder's state,
+the replica and its decoder's): what `flcomp.sim.client_store` moves out of the Context."""
+CLIENT_STATE_BYTES = "flcomp.client-state-bytes"
+"""MetricRecord key: the bytes of the codec state a client holds after its reply (its encoder's
+arrays, pending step included, and with a compressed downlink its replica and downlink decoder);
+the server's round metrics hold the mean over the accepted clients."""
 CLIENT = "flcomp.client"
 """MetricRecord key: the client's stable id (partition-id, else node id); the server
 aggregates in this order, so float sums do not depend on arrival order."""
@@ -82,6 +90,11 @@ def float_keys(record: ArrayRecord) -> list[str]:
 def spec_of(record: ArrayRecord) -> ModelSpec:
     """The codec spec of a model record: its floating-point arrays (read from metadata, not data)."""
     return ModelSpec(tuple(TensorSpec(record[k].shape, record[k].dtype) for k in float_keys(record)))
+
+
+def record_nbytes(record: ArrayRecord) -> int:
+    """The bytes a record's arrays hold as NumPy arrays (from metadata; headers not counted)."""
+    return sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in record.values())
 
 
 def payload_array(codec: Codec, payload: bytes) -> Array:

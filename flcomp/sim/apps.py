@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
+from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -22,6 +23,7 @@ from flcomp.sim.checkpoint import (
     load_inner_state,
     save_checkpoint,
 )
+from flcomp.sim.client_store import STORE_DIR, ClientStore
 from flcomp.sim.config import RunConfig
 from flcomp.sim.results import RunRecorder
 from flcomp.strategies import Compressed, RoundTraffic
@@ -37,12 +39,19 @@ def load_task(config: TaskConfig) -> Task:
 
 
 def client_app(
-    config: TaskConfig, mods: Sequence[Mod] = (), snapshots: ClientSnapshots | None = None
+    config: TaskConfig,
+    mods: Sequence[Mod] = (),
+    snapshots: ClientSnapshots | None = None,
+    results_dir: Path | None = None,
 ) -> ClientApp:
     """A ClientApp that trains `config`'s task on its partition, with `compression_mod` and then
-    `mods` (e.g. an experiment's diagnostics) around the training, and `snapshots` (a
-    checkpointed run's) around them all. It answers `StableNodes`' query with its partition-id."""
-    app = ClientApp(mods=[*([snapshots] if snapshots is not None else []), compression_mod, *mods])
+    `mods` (e.g. an experiment's diagnostics) around the training, `snapshots` (a
+    checkpointed run's) around them and, given the run's `results_dir`, a `ClientStore` around
+    them all, which keeps the clients' codec state in results_dir/client-state/ instead of their
+    Contexts (None: it stays in them). It answers `StableNodes`' query with its partition-id."""
+    store = ClientStore(Path(results_dir) / STORE_DIR) if results_dir is not None else None
+    outer = [m for m in (store, snapshots) if m is not None]
+    app = ClientApp(mods=[*outer, compression_mod, *mods])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -101,7 +110,12 @@ def serve(
     task = load_task(config.task)
     inner = config.inner_strategy()
     strategy = Compressed(
-        inner, codec=config.codec, downlink=config.downlink, channel=config.channel, seed=config.seed
+        inner,
+        codec=config.codec,
+        downlink=config.downlink,
+        channel=config.channel,
+        seed=config.seed,
+        max_client_states=config.max_client_states,
     )
     initial = ArrayRecord({k: Array(a) for k, a in zip(task.keys, task.initial_arrays())})
     done = 0

@@ -13,11 +13,13 @@ Each is written into a hidden temporary directory beside its place, then renamed
 place, so a kill mid-write leaves the previous checkpoint valid; the newest complete
 server checkpoint is the one `load` reads, and older ones are pruned after each save.
 
-Clients' codec states live in their Contexts, which the server cannot reach on Ray
-(they are the simulation engine's), and a resumed simulation starts with empty
-Contexts. So both engines do the same: the ClientApp's `ClientSnapshots` mod saves
-the Context after each train reply and, on a node's first instruction after a resume
-(its Context is empty), restores the newest snapshot from before that round. A client
+Clients' codec states live in their Contexts (or, moved in and out around them, in the
+run's client store: `flcomp.sim.client_store`, whose mod runs outside this one), which
+the server cannot reach on Ray (they are the simulation engine's), and a resumed
+simulation starts with empty Contexts and an empty store. So both engines do the same:
+the ClientApp's `ClientSnapshots` mod saves the Context after each train reply and, on
+a node's first instruction after a resume (its Context is empty), restores the newest
+snapshot from before that round. A client
 without a snapshot (deleted, corrupted, never written) starts afresh, and the codec
 protocol resynchronises it with key frames. The path reaches the clients inside the
 ClientApp, so on a Ray cluster of several machines the results directory must be
@@ -42,6 +44,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flcomp.protocol.snapshot import Snapshot, SnapshotError, load, save
+from flcomp.sim.client_store import STORE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +110,17 @@ def load_checkpoint(directory: Path) -> Checkpoint:
 
 
 def start_fresh(directory: Path) -> None:
-    """Remove a previous run's checkpoints from `directory` (a new run starts there)."""
-    for name in (SERVER_DIR, CLIENTS_DIR):
+    """Remove a previous run's checkpoints and client store from `directory` (a new run starts there)."""
+    for name in (SERVER_DIR, CLIENTS_DIR, STORE_DIR):
         shutil.rmtree(Path(directory) / name, ignore_errors=True)
 
 
 def prepare_resume(directory: Path, server_round: int) -> None:
     """Before resuming after `server_round`: drop the client snapshots of later rounds (a
     killed run may have left some) and unfinished writes, so that each client restores
-    the newest snapshot from before the checkpoint."""
+    the newest snapshot from before the checkpoint; empty the client store (`flcomp.sim.client_store`),
+    which holds the clients' states of the lost rounds."""
+    shutil.rmtree(Path(directory) / STORE_DIR, ignore_errors=True)
     _clean(Path(directory) / SERVER_DIR)
     for client in _subdirs(Path(directory) / CLIENTS_DIR):
         _clean(client)
@@ -178,7 +183,8 @@ class OffsetRounds(Strategy):
 
 @dataclass(frozen=True)
 class ClientSnapshots:
-    """A ClientApp mod (outside `compression_mod`) that keeps each client's Context.state under
+    """A ClientApp mod (outside `compression_mod`, inside the client store's mod, so that it sees
+    the client's whole state) that keeps each client's Context.state under
     directory/checkpoint-clients/<partition-id>/ for a run checkpointed every `every` rounds
     (see the module docstring). It keeps the newest snapshot the last complete checkpoint may
     need and the later ones."""

@@ -48,6 +48,10 @@ class RunConfig:
     """Ray CPUs per simulated client: 1 runs two clients at a time on a 2-core machine."""
     ray_address: str | None = None
     """Join this Ray cluster (e.g. "127.0.0.1:6379") instead of starting a local one."""
+    max_client_states: int | None = None
+    """Hold at most this many clients' codec states on the server (`Compressed`'s
+    `max_client_states`: the least recently instructed are evicted and resynchronised by key
+    frames when they return); None: no bound."""
     checkpoint_every: int | None = None
     """Save a checkpoint after every this many rounds (`flcomp.sim.checkpoint`), from which
     `flcomp run --resume` continues the run; None: no checkpoints."""
@@ -70,6 +74,12 @@ class RunConfig:
         ):
             raise ValueError(f"checkpoint_every must be an integer ≥ 1 or None, got {self.checkpoint_every}")
 
+        bound = self.max_client_states
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 1):
+            raise ValueError(
+                f"max_client_states must be an integer ≥ 1 or None, got {self.max_client_states}"
+            )
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -80,10 +90,10 @@ class RunConfig:
     def inner_strategy(self) -> Strategy:
         cls, kwargs = STRATEGIES[self.strategy]
         nodes = max(1, int(self.task.num_clients * self.fraction))
-        return cls(
-            fraction_train=self.fraction,
-            fraction_evaluate=0.0,
-            min_train_nodes=nodes,
-            min_available_nodes=nodes,
-            **kwargs,
+        strategy = cls(
+            fraction_train=self.fraction, min_train_nodes=nodes, min_available_nodes=nodes, **kwargs
         )
+        # No federated evaluation: the ServerApp evaluates centrally. These two attributes are what
+        # fraction_evaluate=0.0 sets, without the warning it logs on every construction.
+        strategy.fraction_evaluate, strategy.min_evaluate_nodes = 0.0, 0
+        return strategy

@@ -15,6 +15,15 @@ _CUMULATIVE = {"uplink_bytes": "downlink_bytes", "virtual_seconds": "virtual_sec
 placed after the column named here."""
 
 
+_PEAKS = {
+    "peak_server_state_bytes": "server_state_bytes",
+    "peak_clients_held": "clients_held",
+    "peak_downlink_state_bytes": "downlink_state_bytes",
+    "max_client_state_bytes": "client_state_max",
+}
+"""summary.json's codec-state entries: the largest value of a rounds.csv column over the run."""
+
+
 def _traffic_columns() -> list[str]:
     """RoundTraffic's columns with the cumulative ones in their places."""
     after = {place: f"cumulative_{column}" for column, place in _CUMULATIVE.items()}
@@ -26,7 +35,9 @@ ROUND_COLUMNS = ["round", *_traffic_columns(), "loss", "accuracy", "gap", "wall_
 is the initial model (no traffic). Bytes are the payloads' real lengths; `gap` is the relative
 objective gap (synthetic tasks only). With a channel: the round's virtual seconds, the clients
 whose update arrived in time or did not, airtimes summed over clients (s) and the clients'
-energy (J). See `flcomp.strategies.traffic` for the traffic columns."""
+energy (J). The codec state held after each round: the server's per-client decoder states
+and how many clients they are, its downlink state, and the accepted clients' own states
+(mean and largest; bytes). See `flcomp.strategies.traffic` for the traffic columns."""
 
 
 @dataclass
@@ -93,6 +104,7 @@ class RunRecorder:
             "virtual_seconds": last.get("cumulative_virtual_seconds"),
             "energy_j": last.get("cumulative_energy_j"),
             "wall_seconds": last["wall_seconds"],
+            **{key: max(r.get(column) or 0 for r in self.rows) for key, column in _PEAKS.items()},
         }
         (self.directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

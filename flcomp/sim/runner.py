@@ -1,4 +1,4 @@
-"""Run simulations with Flower's simulation engine on Ray (or inline, in one process)."""
+"""Run simulations with Flower's Simulation Runtime on Ray (or inline, in one process)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from flwr.simulation import run_simulation
-
-from flcomp.codecs import Codec
 from flcomp.protocol.snapshot import SnapshotError
-from flcomp.sim.apps import client_app, serve, server_app
+from flcomp.sim.apps import client_app, serve
 from flcomp.sim.checkpoint import Checkpoint, ClientSnapshots, load_checkpoint, prepare_resume, start_fresh
 from flcomp.sim.config import RunConfig
 from flcomp.sim.inline import InlineGrid
-from flcomp.sim.results import RunRecorder
-from flcomp.strategies import RoundTraffic
+from flcomp.sim.simapp.components import FRESH, import_mods, recorder, run_lock
+from flcomp.sim.simapp.launch import LOG_FILE, launch
 
 QUIET_ENVIRONMENT = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -30,6 +28,8 @@ QUIET_ENVIRONMENT = {
 """Defaults for Flower and Ray (a variable already set wins): no telemetry, warnings only."""
 
 log = logging.getLogger(__name__)
+_LOG_TAIL = 30
+"""Lines of flower.log that the error of a Ray run that stopped early quotes."""
 
 
 class ProgressBar:
@@ -58,6 +58,8 @@ def resumable(directory: Path) -> tuple[RunConfig, Checkpoint]:
     """The config and the newest checkpoint of the run in `directory`; SnapshotError (a
     ValueError) saying what is missing or corrupted."""
     path = Path(directory) / "config.json"
+    with run_lock(directory):
+        pass  # a killed run's ServerApp may still be writing its last round
     try:
         config = RunConfig.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
@@ -67,46 +69,54 @@ def resumable(directory: Path) -> tuple[RunConfig, Checkpoint]:
     return config, load_checkpoint(directory)
 
 
-def run(config: RunConfig, directory: Path, progress: bool = True, resume: Checkpoint | None = None) -> dict:
+def run(
+    config: RunConfig,
+    directory: Path,
+    progress: bool = True,
+    resume: Checkpoint | None = None,
+    client_mods: Sequence[str] = (),
+) -> dict:
     """Simulate one run, write its results directory and return its summary.
 
     `resume`: a checkpoint of this run in `directory` (`resumable`): the run goes on from it,
     rounds.csv cut back to its rounds, and ends as the uninterrupted run would have.
-    Raises RuntimeError if the simulation ended before its last round (the log says why).
+    `client_mods`: extra ClientApp mods inside `compression_mod`, named "module:attribute"
+    (on Ray they are imported where the clients run). On Ray the ServerApp and the ClientApps run
+    in processes that Flower's Simulation Runtime starts (`flcomp.sim.simapp`), whose log goes
+    to directory/flower.log. Raises RuntimeError if the simulation ended before its last round.
     """
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     logging.getLogger("flwr").setLevel(os.environ["FLWR_LOG_LEVEL"])
     directory = Path(directory).resolve()  # clients on Ray write their snapshots from other processes
-    downlink = Codec.parse(config.downlink) if config.downlink is not None else None
-    recorder = RunRecorder(directory, RoundTraffic.stat_columns(Codec.parse(config.codec), downlink))
+    with run_lock(directory):
+        pass  # a killed run's ServerApp may still be writing its last round
+    rec = recorder(config, directory)
     if resume is None:
-        recorder.start(config.as_dict())
+        rec.start(config.as_dict())
         start_fresh(directory)
     else:
-        recorder.resume(resume.rows)
+        rec.resume(resume.rows)
         prepare_resume(directory, resume.round)
-    every = config.checkpoint_every
-    snapshots = ClientSnapshots(directory, every) if every else None
     progress_bar = ProgressBar(config.codec, config.rounds, progress)
+    stopped = RuntimeError(f"the simulation of {config.codec} stopped before round {config.rounds}")
     if resume is not None and resume.round >= config.rounds:
         log.info("the checkpoint is of the last round: only the summary is left to write")
     elif config.engine == "inline":
-        grid = InlineGrid(client_app(config.task, snapshots=snapshots), config.task.num_clients)
-        serve(grid, config, recorder, progress_bar, resume)
+        every = config.checkpoint_every
+        snapshots = ClientSnapshots(directory, every) if every else None
+        app = client_app(
+            config.task, mods=import_mods(client_mods), snapshots=snapshots, results_dir=directory
+        )
+        serve(InlineGrid(app, config.task.num_clients), config, rec, progress_bar, resume)
     else:
-        init_args = (
-            {"address": config.ray_address} if config.ray_address else {"num_cpus": os.cpu_count() or 1}
-        )
-        run_simulation(
-            server_app=server_app(config, recorder, progress_bar, resume),
-            client_app=client_app(config.task, snapshots=snapshots),
-            num_supernodes=config.task.num_clients,
-            backend_config={
-                "client_resources": {"num_cpus": config.client_cpus, "num_gpus": 0.0},
-                "init_args": init_args,
-            },
-        )
-    if not recorder.rows or recorder.rows[-1]["round"] != config.rounds:
-        raise RuntimeError(f"the simulation of {config.codec} stopped before round {config.rounds}")
-    return recorder.finish()
+        summary = directory / "summary.json"
+        summary.unlink(missing_ok=True)  # the ServerApp writes it once its last round is recorded
+        launch(config, directory, progress_bar, resume.round if resume else FRESH, client_mods)
+        if not summary.exists():
+            tail = (directory / LOG_FILE).read_text(errors="replace").splitlines()[-_LOG_TAIL:]
+            raise RuntimeError(f"{stopped}; {directory / LOG_FILE} ends:\n" + "\n".join(tail))
+        return json.loads(summary.read_text())
+    if not rec.rows or rec.rows[-1]["round"] != config.rounds:
+        raise stopped
+    return rec.finish()

@@ -58,6 +58,13 @@ class Compressed(Strategy):
     seeds the encoders (stochastic codecs), the channel and the inner strategy's node
     sampling (`seeded_sampling`), so two runs with the same seed sample the same nodes
     and send the same bytes over the same links.
+
+    `max_client_states` bounds the clients whose codec state the server holds (decoders; under
+    a compressed downlink, which replica version each holds): after each round, if more are
+    held, the least recently instructed ones (ties: the lower node id) are evicted as departed
+    nodes are. An evicted client that returns is resynchronised by key frames: its encoder's
+    fingerprint no longer matches the fresh decoder, and the downlink sends it the replica in
+    full. None: no bound (the server's memory grows with every client that ever took part).
     """
 
     def __init__(
@@ -67,7 +74,15 @@ class Compressed(Strategy):
         downlink: Codec | str | None = None,
         channel: Channel | str | None = None,
         seed: int = 0,
+        max_client_states: int | None = None,
     ) -> None:
+        if max_client_states is not None and (
+            isinstance(max_client_states, bool)
+            or not isinstance(max_client_states, int)
+            or max_client_states < 1
+        ):
+            raise ValueError(f"max_client_states must be an integer ≥ 1 or None, got {max_client_states!r}")
+        self.max_client_states = max_client_states
         self.strategy = strategy
         self.codec = _as_codec(codec)
         self.broadcast = Broadcast(_as_codec(downlink), seed=seed) if downlink is not None else None
@@ -88,8 +103,9 @@ class Compressed(Strategy):
         """Which node holds which stable client id (see `flcomp.strategies.replies.ClientIds`)."""
         self._instructions: dict[int, list[Message]] = {}
         """The train instructions of the round in progress (the grid gives them their message ids)."""
-        self._nodes: set[int] = set()
-        """The nodes whose state the server keeps (decoders, replica versions, client ids)."""
+        self._last_instructed: dict[int, int] = {}
+        """node → the last round that instructed it: the nodes whose codec state the server keeps
+        (decoders, replica versions), the least recent first to go under `max_client_states`."""
 
     def summary(self) -> None:
         log.info("Compressed uplink: %s", self.codec.describe())
@@ -117,7 +133,7 @@ class Compressed(Strategy):
         for m in messages:
             self._instruct(m, server_round, len(messages), side.get(str(m.metadata.dst_node_id)), traffic)
         self._instructions = {server_round: messages}
-        self._nodes |= {m.metadata.dst_node_id for m in messages}
+        self._last_instructed |= {m.metadata.dst_node_id: server_round for m in messages}
         return messages
 
     def aggregate_train(
@@ -151,6 +167,8 @@ class Compressed(Strategy):
             if self.broadcast is not None and node not in replica_current:
                 self.broadcast.forget(node)  # its replica may not hold this round's model
 
+        self._bound_states(server_round)
+        self._count_states(traffic)
         arrays, metrics = None, None
         if sum(weight(m, self._weight_key) for m in accepted):
             arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
@@ -205,15 +223,34 @@ class Compressed(Strategy):
         """Forget the nodes that left the grid: their decoders, replica versions and client ids.
         A node that returns starts afresh (its encoder's next payload becomes a key frame, its
         replica gets a key frame)."""
-        departed = self._nodes - connected
-        for node in sorted(departed):
-            self.pool.evict(str(node))
-            if self.broadcast is not None:
-                self.broadcast.forget(node)
+        departed = set(self._last_instructed) - connected
+        self._evict(departed)
         if departed:
             log.info("round %d: %d departed nodes' codec states evicted", server_round, len(departed))
         self.client_ids.release(departed)
-        self._nodes -= departed
+
+    def _bound_states(self, server_round: int) -> None:
+        """Evict the least recently instructed nodes' codec states (ties: the lower node id)
+        beyond `max_client_states`. Their client ids stay held: they are still connected."""
+        excess = len(self._last_instructed) - (self.max_client_states or len(self._last_instructed))
+        if excess > 0:
+            oldest = sorted(self._last_instructed, key=lambda node: (self._last_instructed[node], node))
+            self._evict(oldest[:excess])
+            log.info("round %d: %d clients' codec states evicted (max_client_states)", server_round, excess)
+
+    def _evict(self, nodes: Iterable[int]) -> None:
+        """Forget the codec state of `nodes`: decoders and replica versions."""
+        for node in sorted(nodes):
+            self.pool.evict(str(node))
+            if self.broadcast is not None:
+                self.broadcast.forget(node)
+            self._last_instructed.pop(node, None)
+
+    def _count_states(self, traffic: RoundTraffic) -> None:
+        """Note in `traffic` the codec state the server holds now (array bytes)."""
+        held = self.pool.state_bytes() if self.pool is not None else {}
+        traffic.server_state_bytes, traffic.clients_held = sum(held.values()), len(held)
+        traffic.downlink_state_bytes = self.broadcast.state_bytes() if self.broadcast is not None else 0
 
     def _track_model(self, arrays: ArrayRecord) -> None:
         """Note the model's change since the last round; (re)build the decoders for its spec."""
@@ -258,7 +295,7 @@ class Compressed(Strategy):
         for key, record in list(m.content.config_records.items()):
             m.content[key] = ConfigRecord(dict(record) | instructions)
 
-    _SNAPSHOT_ATTRIBUTES = ("_global", "_previous", "_model_changes", "_nodes", "client_ids.holder")
+    _SNAPSHOT_ATTRIBUTES = ("_global", "_previous", "_model_changes", "_last_instructed", "client_ids.holder")
     """What `state_dict` saves as it is, by attribute path: ArrayRecords, None, or JSON-able
     values (numbers, text, lists, tuples, sets, deques, dicts with any keys). New plain state
     of the server goes here."""

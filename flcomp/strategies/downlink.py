@@ -97,8 +97,16 @@ class Broadcast:
             return out | {records.DOWNLINK_BASE: self.version - 1}
         return out | {records.DOWNLINK_BASE: -1, records.DOWNLINK_FINGERPRINT: self.mirror.fingerprint}
 
+    def state_bytes(self) -> int:
+        """Bytes of the arrays the broadcast holds, once for all clients: the replica, the
+        encoder's state (the server's error memory) and the mirror decoder's."""
+        if self.replica is None:
+            return 0
+        return records.record_nbytes(self.replica) + self.encoder.state_bytes + self.mirror.state_bytes
+
     def forget(self, node: int) -> None:
-        """`node` may not hold the latest replica (its reply failed): its next message is a key frame."""
+        """`node` may not hold the latest replica (its reply failed), or the server forgets it
+        (it left, or its state was evicted): its next message is a key frame."""
         self._held.pop(node, None)
 
     def state_dict(self) -> Snapshot:

@@ -2,7 +2,7 @@
 
 One table of fields makes both the round's metrics (`to_metrics`) and its rounds.csv
 fields (`row`), so they cannot drift apart. Everything is summed over the round (not
-averaged like the inner strategy's client metrics):
+averaged like the inner strategy's client metrics), but for the codec state's sizes:
 
     round metric                 rounds.csv column     what
     flcomp.uplink-bytes          uplink_bytes          payload bytes received
@@ -10,6 +10,14 @@ averaged like the inner strategy's client metrics):
     flcomp.clients-accepted      clients_accepted      updates aggregated
     flcomp.clients-dropped       clients_dropped       updates not aggregated
     flcomp.encode-seconds        encode_seconds        encoding time the accepted clients report
+    codec state after the round (array bytes, `nbytes`):
+    flcomp.server-state-bytes    server_state_bytes    every client's decoder state the server holds
+    flcomp.clients-held          clients_held          clients whose decoder state it holds
+    flcomp.downlink-state-bytes  downlink_state_bytes  the broadcast's replica, encoder and mirror
+                                                       (once for all clients; 0 without a downlink)
+    flcomp.client-state-bytes    client_state_bytes    a client's own state (encoder; replica and
+                                                       downlink decoder), mean over the accepted
+    flcomp.client-state-max      client_state_max      the largest of them
     with a channel:
     flcomp.virtual-seconds       virtual_seconds       the round on the virtual clock
     flcomp.clients-delivered     clients_delivered     updates that arrived in time
@@ -59,6 +67,11 @@ _FIELDS = (
     _Field("clients_accepted", "flcomp.clients-accepted", lambda t: t.accepted),
     _Field("clients_dropped", "flcomp.clients-dropped", lambda t: len(t.dropped)),
     _Field("encode_seconds", records.ENCODE_SECONDS, lambda t: t.encode_seconds),
+    _Field("server_state_bytes", "flcomp.server-state-bytes", lambda t: t.server_state_bytes),
+    _Field("clients_held", "flcomp.clients-held", lambda t: t.clients_held),
+    _Field("downlink_state_bytes", "flcomp.downlink-state-bytes", lambda t: t.downlink_state_bytes),
+    _Field("client_state_bytes", records.CLIENT_STATE_BYTES, lambda t: t.client_state_bytes),
+    _Field("client_state_max", "flcomp.client-state-max", lambda t: int(t.client_state_max)),
 )
 """The fields of every round: column, metric name, value of a RoundTraffic."""
 _CHANNEL_FIELDS = (
@@ -96,6 +109,20 @@ class RoundTraffic:
     """The uplink codec's stats (`Compressor.stats`), summed over the accepted clients."""
     downlink_stats: dict[str, float] = field(default_factory=dict)
     """The broadcast encoder's stats, when it encoded a payload this round."""
+    server_state_bytes: int = 0
+    """Bytes of the clients' decoder states the server holds after the round (`DecoderPool.state_bytes`)."""
+    clients_held: int = 0
+    downlink_state_bytes: int = 0
+    """Bytes of the broadcast's server-wide state after the round (`Broadcast.state_bytes`)."""
+    client_state_sum: float = 0.0
+    """The state bytes the accepted clients report, summed."""
+    client_state_max: float = 0.0
+    """The largest state the accepted clients report."""
+
+    @property
+    def client_state_bytes(self) -> float:
+        """The mean state bytes the accepted clients report (0 without any)."""
+        return self.client_state_sum / self.accepted if self.accepted else 0.0
 
     def add_downlink(self, node: int, sent: int, side: bool = False) -> None:
         """Count `sent` bytes to `node`: model arrays, or the codec's side information if `side`."""
@@ -105,10 +132,13 @@ class RoundTraffic:
             self.side_bytes += sent
 
     def add_accepted(self, node: int, metrics: Sequence[Mapping], stats: Iterable[str]) -> None:
-        """Count one aggregated client: the encode seconds and the stats named `stats` (the
-        uplink codec's) that its reply's metric records report."""
+        """Count one aggregated client: the encode seconds, the state bytes and the stats named
+        `stats` (the uplink codec's) that its reply's metric records report."""
         self.accepted += 1
         self.encode_seconds += _reported(metrics, records.ENCODE_SECONDS, node)
+        held = _reported(metrics, records.CLIENT_STATE_BYTES, node)
+        self.client_state_sum += held
+        self.client_state_max = max(self.client_state_max, held)
         for name in stats:
             self.stats[name] = self.stats.get(name, 0.0) + _reported(
                 metrics, records.STAT_PREFIX + name, node

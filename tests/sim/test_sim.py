@@ -1,9 +1,9 @@
 """Simulated runs on Flower's simulation engine (Ray), end to end, and their results."""
 
 import csv
+import fcntl
+import importlib
 import json
-import shutil
-import subprocess
 
 import pytest
 
@@ -115,35 +115,84 @@ def test_inline_runs_with_client_sampling_are_reproducible(tmp_path):
     assert all(r["clients_accepted"] + r["clients_dropped"] == 2 for r in rounds[1:])
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not on PATH")
-def test_joins_an_existing_ray_cluster(tmp_path):
-    port = "26379"
-    subprocess.run(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    try:
-        summary = run(quick("topk", ray_address=f"127.0.0.1:{port}"), tmp_path, progress=False)
-        assert summary["rounds"] == 3
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
-
-
 def test_run_config_round_trips_through_json():
     config = quick("topk:ratio=0.1", fraction=0.5)
     assert RunConfig.from_dict(json.loads(json.dumps(config.as_dict()))) == config
+
+
+def test_the_ray_engines_flower_app_is_a_valid_project_whose_components_load():
+    from flwr.cli.config_utils import load_and_validate
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from flcomp.sim.simapp import components
+    from flcomp.sim.simapp.launch import APP_PROJECT
+
+    project, warnings = load_and_validate(APP_PROJECT)
+    assert warnings == []
+    app = project["tool"]["flwr"]["app"]
+    assert set(app["config"]) == {
+        components.RESULTS_DIR,
+        components.RESUME_ROUND,
+        components.CLIENT_MODS,
+        components.RUNNER_PID,
+    }
+    loaded = {}
+    for kind, spec in app["components"].items():
+        module, _, attribute = spec.partition(":")
+        loaded[kind] = getattr(importlib.import_module(module), attribute)
+    assert isinstance(loaded["serverapp"], ServerApp) and isinstance(loaded["clientapp"], ClientApp)
+
+
+@pytest.mark.parametrize(
+    "cpus, address, expected",
+    [
+        (1.0, None, (1, 8)),
+        (0.5, None, (1, 16)),
+        (2.0, None, (2, 8)),
+        (0.25, "h:1", ValueError),
+        (3.0, "h:1", (3, None)),
+    ],
+)
+def test_fractional_client_cpus_scale_a_local_cluster_only(cpus, address, expected):
+    from flcomp.sim.simapp.launch import ray_resources
+
+    config = quick("fp32", client_cpus=cpus, ray_address=address)
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="whole"):
+            ray_resources(config, 8)
+    else:
+        assert ray_resources(config, 8) == expected
+
+
+def test_the_runner_follows_the_complete_rows_another_process_appends(tmp_path):
+    from flcomp.sim.simapp.launch import _Follower
+
+    path, seen = tmp_path / "rounds.csv", []
+    follow = _Follower(path, first_round=1)
+    follow.emit(seen.append)  # no file yet
+    path.write_text("round,accuracy\n0,0.1\n1,0.5\n2,")
+    follow.emit(seen.append)
+    with open(path, "a") as f:
+        f.write("0.75\n3,\n")
+    follow.emit(seen.append)
+    assert seen == [
+        {"round": 1.0, "accuracy": 0.5},
+        {"round": 2.0, "accuracy": 0.75},
+        {"round": 3.0, "accuracy": None},
+    ]
+
+
+def test_a_run_whose_lock_is_held_is_refused_after_the_timeout(tmp_path):
+    from flcomp.sim.simapp.components import run_lock
+
+    (tmp_path / "config.json").write_text("{}")
+    with open(tmp_path / "config.json", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="another process"), run_lock(tmp_path, timeout=0.3):
+            pass
+    with run_lock(tmp_path, timeout=0.3):  # released: taken at once
+        pass
 
 
 def test_deadline_without_a_channel_means_an_ideal_network():

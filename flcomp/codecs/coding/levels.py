@@ -9,6 +9,7 @@ import numpy as np
 from flcomp.codecs.errors import PayloadError
 
 
+@cache
 def group_size(largest: int) -> int:
     """How many levels in [−largest, largest] one byte holds: the g with (2·largest + 1)^g ≤ 256."""
     base = 2 * largest + 1

@@ -23,11 +23,18 @@ _BITMAP = 255
 
 def encode_positions(positions: np.ndarray, n: int, out: PayloadWriter) -> None:
     """Write sorted, distinct positions in [0, n)."""
-    gaps = np.diff(positions.astype(np.int64), prepend=-1) - 1
-    k = rice.best_k(gaps)
-    coded = PayloadWriter()
-    rice.rice_encode(gaps, k, coded)
-    if coded.nbytes < -(-n // 8):
+    coded = None
+    # Rice codes take at least a bit a position: never shorter than a bitmap of as many bytes.
+    if -(-len(positions) // 8) < -(-n // 8):
+        p = positions.astype(np.int64, copy=False)
+        gaps = np.empty_like(p)
+        gaps[:1] = p[:1]
+        np.subtract(p[1:], p[:-1], out=gaps[1:])
+        gaps[1:] -= 1
+        k = rice.best_k(gaps)
+        coded = PayloadWriter()
+        rice.rice_encode(gaps, k, coded)
+    if coded is not None and coded.nbytes < -(-n // 8):
         out.struct("B", k)
         out.extend(coded)
     else:

@@ -33,7 +33,7 @@ def best_k(values: np.ndarray) -> int:
     """The Rice parameter for `values`: the k with the fewest bits, next to log2(mean)."""
     if len(values) == 0:
         return 0
-    mean = float(values.mean())
+    mean = float(values.sum()) / len(values)
     guess = min(MAX_K, int(np.log2(mean)) if mean >= 1 else 0)
 
     def bits(k: int) -> int:

@@ -10,12 +10,19 @@ from typing import Literal
 
 import numpy as np
 
+from flcomp.codecs.coding.half import widen_half
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 ValueDtype = Literal["float32", "float16"]
 """Wire type of sparse values; "float16" halves their bits."""
 
+_FP16_MAX = float(np.finfo(np.float16).max)
 _SAMPLE = 1 << 16
+"""The most entries sampled to bound the k-th largest magnitude from below."""
+_STRIDE = 16
+"""The fewest entries between two samples: sampling a sixteenth keeps the quantile cheap."""
+_MIN_SAMPLE = 1024
+"""Below this many samples the full partition is as fast."""
 
 
 def kept_count(ratio: float, n: int) -> int:
@@ -26,17 +33,17 @@ def kept_count(ratio: float, n: int) -> int:
 def write_values(values: np.ndarray, dtype: ValueDtype, out: PayloadWriter) -> np.ndarray:
     """Write sparse values in the wire dtype; return them as the decoder will read them."""
     if dtype == "float16":
-        fmax = float(np.finfo(np.float16).max)
-        wire = np.clip(values, -fmax, fmax).astype(np.float16)
+        wire = np.clip(values, -_FP16_MAX, _FP16_MAX).astype(np.float16)
         out.array(wire)
-        return wire.astype(np.float32)
+        return widen_half(wire)
     out.array(values)
     return values
 
 
 def read_values(body: PayloadReader, dtype: ValueDtype, k: int) -> np.ndarray:
-    """Read k sparse values written by `write_values`, as float32."""
-    return body.array(dtype, k, limit=k).astype(np.float32)
+    """Read k sparse values written by `write_values`, as float32 (PayloadError on a float16 Inf or NaN)."""
+    values = body.array(dtype, k, limit=k)
+    return widen_half(values, checked=True) if dtype == "float16" else values.astype(np.float32)
 
 
 def scatter(n: int, positions: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -53,17 +60,22 @@ def top_k_positions(magnitude: np.ndarray, k: int) -> np.ndarray:
     only a few candidates are partitioned: O(n) with a small constant, exact.
     """
     n = len(magnitude)
-    candidates = np.arange(n)
-    if n > 4 * _SAMPLE and k < n // 16:
-        sample = magnitude[:: n // _SAMPLE]
+    if k >= n:
+        return np.arange(n)
+    candidates = None
+    if n >= _MIN_SAMPLE * _STRIDE and k < n // 16:
+        sample = magnitude[:: max(_STRIDE, n // _SAMPLE)]
         q = max(0.0, 1.0 - 2.0 * k / n)
         floor = np.quantile(sample, q, method="lower")
         above = np.flatnonzero(magnitude >= floor)
         if len(above) >= k:
             candidates = above
-    values = magnitude[candidates]
+    values = magnitude if candidates is None else magnitude[candidates]
     kth = np.partition(values, len(values) - k)[len(values) - k]
-    keep = values > kth
-    ties = np.flatnonzero(values == kth)[: k - int(keep.sum())]
-    keep[ties] = True
-    return candidates[keep]
+    keep = np.flatnonzero(values >= kth)
+    if len(keep) > k:
+        # Ties at the k-th value: the first ones by position.
+        chosen = values[keep] > kth
+        chosen[np.flatnonzero(~chosen)[: k - int(chosen.sum())]] = True
+        keep = keep[chosen]
+    return keep if candidates is None else candidates[keep]

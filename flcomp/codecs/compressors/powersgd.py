@@ -92,14 +92,14 @@ class PowerSGD(Compressor):
                 continue
             m = xi.reshape(matrix_shape(t))
             q = local[f"q/{i}"] if self.config.warm_start else _gaussian(rng, m.shape[1], self.config.rank)
-            p = np.linalg.qr(m @ q)[0].astype(np.float32)
+            p = _orthonormal(m @ q)
             q = (m.T @ p).astype(np.float32)
             out.array(p)
             out.array(q)
-            decoded.append((p @ q.T).reshape(-1))
+            decoded.append(_product(p, q))
             # Only Q's column space matters to the next power step; keeping it
             # orthonormal, not as large as M, keeps M·Q from overflowing.
-            new_local[f"q/{i}"] = np.linalg.qr(q)[0].astype(np.float32)
+            new_local[f"q/{i}"] = _orthonormal(q)
         return Step(decoded, shared, new_local)
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
@@ -112,8 +112,38 @@ class PowerSGD(Compressor):
             n, m = matrix_shape(t)
             p = body.array(np.float32, n * r, limit=n * r).reshape(n, r)
             q = body.array(np.float32, m * r, limit=m * r).reshape(m, r)
-            decoded.append((p @ q.T).reshape(-1))
+            decoded.append(_product(p, q))
         return decoded, shared
+
+
+_EINSUM_ENTRIES = 1 << 20
+
+
+def _orthonormal(a: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (float32) of the columns of `a` (n×r), as QR's Q.
+
+    One column is normalised directly, without LAPACK's QR call; a zero column becomes e₁,
+    as Householder QR makes it.
+    """
+    if a.shape[1] > 1:
+        return np.linalg.qr(a)[0].astype(np.float32)
+    norm = np.linalg.norm(a)
+    if not norm > 0:
+        unit = np.zeros_like(a, dtype=np.float32)
+        unit[0] = 1
+        return unit
+    return (a / norm).astype(np.float32, copy=False)
+
+
+def _product(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """P·Qᵀ, flat. Rank 1 is an outer product, one multiply an entry, which NumPy does
+    3–5× faster than matmul does it: einsum's loop below ~1M entries, a broadcast above
+    (both give the same bits, so the two ends may differ in which one they take)."""
+    if p.shape[1] > 1:
+        return (p @ q.T).reshape(-1)
+    if p.size * q.size <= _EINSUM_ENTRIES:
+        return np.einsum("i,j->ij", p[:, 0], q[:, 0]).reshape(-1)
+    return (p * q.T).reshape(-1)
 
 
 def _gaussian(rng: np.random.Generator, m: int, r: int) -> np.ndarray:

@@ -207,7 +207,7 @@ class TemporalPredictiveCoding(Compressor):
         r_hat = None
         if send:
             step = self.inner.encode(r, inner_shared, inner_local, out, rng, ctx)
-            r_hat, inner_shared, inner_local = step.decoded, step.shared, step.local
+            r_hat, inner_shared, inner_local = step.reconstruction(), step.shared, step.local
         g_hat = self.reconstruct(p, r_hat, shared)
         stats = {"residual_sent": float(send)}
         return Step(g_hat, self.pushed(shared, g_hat, inner_shared), _prefixed(inner_local), stats)

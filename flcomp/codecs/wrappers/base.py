@@ -27,6 +27,7 @@ class Wrapper(Compressor):
         self.codec_id = inner.codec_id
         self.Config = inner.Config
         self.stats = inner.stats
+        self.finite_reconstruction = inner.finite_reconstruction
 
     @abstractmethod
     def own_local(self) -> State:

@@ -36,4 +36,5 @@ class ErrorFeedback(Wrapper):
     ) -> Step:
         p = [xi + local[f"ef/{i}"] for i, xi in enumerate(x)]
         step = self.inner.encode(p, shared, self.inner_local(local), out, rng, ctx)
-        return self.with_inner({f"ef/{i}": pi - di for i, (pi, di) in enumerate(zip(p, step.decoded))}, step)
+        decoded = step.reconstruction()
+        return self.with_inner({f"ef/{i}": pi - di for i, (pi, di) in enumerate(zip(p, decoded))}, step)

@@ -318,6 +318,36 @@ class LGCPool(DecoderPool):
 
     # --- state ----------------------------------------------------------------------
 
+    def state_bytes(self) -> dict[str, int]:
+        """Each client's decoder state, plus its own autoencoder decoder (weights and Adam's
+        moments) and its last joint estimate. The training window, the shared autoencoder and
+        the round's plans are the pool's, bounded by the config, not per client held."""
+        out = super().state_bytes()
+        for client, estimate in self.estimates.items():
+            out[client] = out.get(client, 0) + estimate.nbytes
+        if self._autoencoder is not None:
+            ae = self._autoencoder
+            for client in ae.clients:
+                for name in [n for n in ae.params if n.startswith(f"decoder/{client}/")]:
+                    moments = ae.moments.get(name, ())
+                    held = ae.params[name].nbytes + sum(m.nbytes for m in moments)
+                    out[client] = out.get(client, 0) + held
+        return out
+
+    def evict(self, client: str) -> None:
+        """Forget `client` as `DecoderPool.evict` does, its own autoencoder decoder and estimate
+        too: if it returns, stage 3 decodes it with the shared decoder (stage 2 seeds it a new one)."""
+        super().evict(client)
+        self.estimates.pop(client, None)
+        self.plans.pop(client, None)
+        if self._autoencoder is not None and client in self._autoencoder.clients:
+            ae = self._autoencoder
+            for name in [n for n in ae.params if n.startswith(f"decoder/{client}/")]:
+                del ae.params[name]
+                ae.moments.pop(name, None)
+                ae.steps.pop(name, None)
+            ae.clients.remove(client)
+
     def state_dict(self) -> dict[str, np.ndarray | int]:
         """The decoders' states ("link/..."), the round, index set, tag, training window
         and autoencoder ("lgc/..."): arrays and ints only. Save between rounds."""
