@@ -25,10 +25,11 @@ its next payload a key frame, and the server sends its replica in full (its repl
 version no longer answers a payload, `receive_broadcast` refuses it, and the failed
 reply makes the server forget the version it held).
 
-The store lasts one run: it is cleared when a run starts (`flcomp.sim.checkpoint.start_fresh`)
-or resumes (`prepare_resume`: the checkpoint's `ClientSnapshots`, inside this mod, then
-restores each client's state from before the checkpoint's round). Writes are not flushed
-to disk: no later run reads them.
+The store lasts one run: it is cleared when a run starts (`flcomp.sim.checkpoint.start_fresh`),
+when it finishes (`flcomp.sim.runner.run`), or resumes (`prepare_resume`: the checkpoint's
+`ClientSnapshots`, inside this mod, then restores each client's state from before the
+checkpoint's round). Writes are not flushed to disk: no later run reads them. Messages
+without an flcomp codec (evaluation, a plain strategy's rounds) leave the store alone.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class ClientStore:
     directory: Path
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        if msg.metadata.message_type != MessageType.TRAIN:
-            return call_next(msg, context)
+        flcomp = any(records.CODEC in c for c in msg.content.config_records.values())
+        if msg.metadata.message_type != MessageType.TRAIN or not flcomp:
+            return call_next(msg, context)  # the state is flcomp's: other messages leave it where it is
         stem = self.path(context)
         self._move_in(stem, context)
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from flcomp.protocol.snapshot import SnapshotError
 from flcomp.sim.apps import client_app, serve
 from flcomp.sim.checkpoint import Checkpoint, ClientSnapshots, load_checkpoint, prepare_resume, start_fresh
+from flcomp.sim.client_store import STORE_DIR, ClientStore
 from flcomp.sim.config import RunConfig
 from flcomp.sim.inline import InlineGrid
 from flcomp.sim.simapp.components import FRESH, import_mods, recorder, run_lock
@@ -116,7 +117,9 @@ def run(
         if not summary.exists():
             tail = (directory / LOG_FILE).read_text(errors="replace").splitlines()[-_LOG_TAIL:]
             raise RuntimeError(f"{stopped}; {directory / LOG_FILE} ends:\n" + "\n".join(tail))
+        ClientStore(directory / STORE_DIR).clear()
         return json.loads(summary.read_text())
     if not rec.rows or rec.rows[-1]["round"] != config.rounds:
         raise stopped
+    ClientStore(directory / STORE_DIR).clear()  # a finished run's clients are not asked again
     return rec.finish()

@@ -139,7 +139,7 @@ def store_free_rows(config: RunConfig, directory) -> list[dict]:
 def test_inline_runs_with_and_without_the_store_write_the_same_rounds(tmp_path):
     config = RunConfig(task=TASK, codec=UPLINK, downlink="fp16", rounds=3, fraction=0.5, engine="inline")
     summary = run(config, tmp_path / "run", progress=False)
-    assert (tmp_path / "run" / STORE_DIR).is_dir()
+    assert not (tmp_path / "run" / STORE_DIR).exists()  # a finished run clears its store
     assert stable_rows(tmp_path / "run") == store_free_rows(config, tmp_path / "plain")
     rows = stable_rows(tmp_path / "run")
     assert float(rows[-1]["client_state_bytes"]) > 0 and int(rows[-1]["clients_held"]) >= 2
@@ -161,6 +161,6 @@ def test_a_bounded_inline_run_holds_at_most_the_bound(tmp_path):
 def test_a_ray_run_with_the_store_writes_the_rounds_of_an_inline_run_without(tmp_path):
     config = RunConfig(task=TASK, codec=UPLINK, downlink="scaled_sign", rounds=3, fraction=0.5)
     run(config, tmp_path / "ray", progress=False)
-    assert (tmp_path / "ray" / STORE_DIR).is_dir()
+    assert not (tmp_path / "ray" / STORE_DIR).exists()
     inline = dataclasses.replace(config, engine="inline")
     assert stable_rows(tmp_path / "ray") == store_free_rows(inline, tmp_path / "plain")
