@@ -48,22 +48,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from flcomp.clients import compression_mod
 from flcomp.sim.client_store import ClientStore
 from flcomp.sim.inline import InlineGrid
 from flcomp.sim.simapp.launch import flwr_run
 from flcomp.strategies import Compressed
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark, also in a Ray bundle
+import sim_overhead as overhead
+from sim_overhead import initial_model, one_round
 
 CODECS = ("fp32", "topk", "signxor", "tpc")
 FRACTIONS = (0.01, 0.1)
@@ -91,33 +92,18 @@ class Cell:
         return statistics.median(w / p for w, p in zip(self.wrapped_seconds, self.plain_seconds))
 
 
-def initial_model(entries: int) -> ArrayRecord:
-    """Two dense layers (100 hidden units, 10 outputs) of about `entries` float32 weights."""
-    hidden, outputs = 100, 10
-    inputs = max(1, (entries - hidden * outputs) // hidden)
-    shapes = {"w1": (inputs, hidden), "b1": (hidden,), "w2": (hidden, outputs), "b2": (outputs,)}
-    rng = np.random.default_rng(0)
-    return ArrayRecord(
-        {k: Array((0.1 * rng.standard_normal(s)).astype(np.float32)) for k, s in shapes.items()}
-    )
+_TRAIN = overhead.client_app(with_mod=True)
+"""sim_overhead's ClientApp: `compression_mod` around its cheap training step."""
 
 
 @cache
 def client_app(store: ClientStore) -> ClientApp:
-    """A ClientApp whose training moves each weight 10% of the way to a per-client constant."""
-    app = ClientApp(mods=[store, compression_mod])
+    """sim_overhead's ClientApp (the mod, the training) inside the client-state store."""
+    app = ClientApp(mods=[store])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        target = np.float32(int(context.node_config["partition-id"]) % 10) / 10
-        local = {k: 0.9 * a.numpy() + 0.1 * target for k, a in msg.content["arrays"].items()}
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(a) for k, a in local.items()}),
-                "metrics": MetricRecord({"num-examples": 10}),
-            }
-        )
-        return Message(content, reply_to=msg)
+        return _TRAIN(msg, context)
 
     return app
 
@@ -127,18 +113,6 @@ def fedavg(clients: int, fraction: float) -> FedAvg:
     return FedAvg(
         fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=nodes, min_available_nodes=clients
     )
-
-
-def one_round(strategy: Strategy, grid: Grid, arrays: ArrayRecord) -> tuple[float, ArrayRecord, MetricRecord]:
-    """Run one round; its wall seconds, the new global arrays and the round's train metrics."""
-    stamps: list[float] = []
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=arrays,
-        num_rounds=1,
-        evaluate_fn=lambda r, a: stamps.append(time.perf_counter()),
-    )
-    return stamps[1] - stamps[0], result.arrays, result.train_metrics_clientapp[1]
 
 
 def alternate(grid: Grid, plain: Strategy, wrapped: Compressed, rounds: int, entries: int) -> dict:
@@ -243,7 +217,13 @@ def cell(
                 "out": str(tmp / "out.json"),
             }
             federation = {"num-supernodes": clients, "client-resources-num-cpus": 1, "init-args-num-cpus": 2}
-            flwr_run(tmp / "pyproject.toml", config, federation, tmp / "flower.log", files=[Path(__file__)])
+            flwr_run(
+                tmp / "pyproject.toml",
+                config,
+                federation,
+                tmp / "flower.log",
+                files=[Path(__file__), Path(overhead.__file__)],
+            )
             if not (tmp / "out.json").exists():
                 log = (tmp / "flower.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(
