@@ -22,7 +22,16 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-DEFAULT_CODECS = ["fp32", "fp16", "qsgd", "topk", "scaled_sign", "powersgd"]
+DEFAULT_CODECS = [
+    "fp32",
+    "fp16",
+    "qsgd",
+    "topk",
+    "scaled_sign",
+    "powersgd",
+    "drive",
+    "pipeline:quantizer=qsgd,levels=4",
+]
 
 T = typing.TypeVar("T")
 

@@ -77,6 +77,37 @@ EXTRA_CONFIGS = [
     # top-k's error feedback on the residual, under TPC's state).
     codec("tpc", per_tensor=True, memory=2),
     codec("tpc", inner="topk:ratio=0.1"),
+    # STC over the whole update; TernGrad unclipped; DRIVE with its least-squares scale;
+    # EDEN at 3 bits (indices not byte-aligned) and 4 bits with the biased scale.
+    codec("stc", per_tensor=False),
+    codec("terngrad", clip=0.0),
+    codec("drive", unbiased=False),
+    codec("eden", bits=3),
+    codec("eden", bits=4, unbiased=False),
+    # DGC without momentum; with fp16 values and clipping; without warm-up at a high density.
+    codec("dgc", m=0.0),
+    codec("dgc", value_dtype="float16", clip_norm=1.0),
+    codec("dgc", warmup_rounds=0, ratio=0.3),
+    # Pipelines: unbiased random-k + QSGD without error feedback; threshold + blockwise;
+    # dense QSGD with ragged blocks (range-coded levels); dense bf16; fp16 with momentum;
+    # random-k + sign.
+    codec(
+        "pipeline",
+        sparsifier="randomk",
+        ratio=0.1,
+        unbiased=True,
+        quantizer="qsgd",
+        levels=2,
+        error_feedback=False,
+    ),
+    codec("pipeline", sparsifier="threshold", threshold=0.5, quantizer="blockwise", block_size=64),
+    codec("pipeline", sparsifier="none", quantizer="qsgd", levels=1, block_size=7),
+    codec("pipeline", sparsifier="none", quantizer="bf16"),
+    codec("pipeline", sparsifier="topk", ratio=0.5, quantizer="fp16", momentum=0.9),
+    codec("pipeline", sparsifier="randomk", quantizer="sign"),
+    # Block-wise quantization with small odd blocks (ragged last blocks, nf4 packing across blocks).
+    codec("blockwise8", block_size=7),
+    codec("nf4", block_size=5, error_feedback=False),
 ]
 
 CONFIGS = [codec(name) for name in NAMES] + EXTRA_CONFIGS

@@ -138,6 +138,8 @@ def codec(name: str, *, error_feedback: bool | None = None, momentum: float = 0.
         raise ValueError(f"codec {name!r} is lossless: error feedback has nothing to feed back")
     if error_feedback and cls.own_error_feedback:
         raise ValueError(f"codec {name!r} keeps its own error memory: leave error_feedback off")
+    if momentum and cls.own_error_feedback:
+        raise ValueError(f"codec {name!r} keeps its own memory (and momentum, if any): leave momentum off")
     if momentum and cls.lossless:
         raise ValueError(f"codec {name!r} is lossless: use the server's optimiser for momentum")
     if not 0 <= momentum < 1:

@@ -105,7 +105,8 @@ class PayloadWriter:
     def array(self, a: np.ndarray) -> None:
         """Append the raw bytes of a contiguous array (no shape or dtype is written)."""
         a = np.ascontiguousarray(a)
-        self.chunks.append(memoryview(a).cast("B"))
+        if a.size:  # (memoryview cannot cast an empty multi-dimensional view)
+            self.chunks.append(memoryview(a).cast("B"))
 
     @property
     def nbytes(self) -> int:

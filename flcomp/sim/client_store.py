@@ -8,13 +8,16 @@ to the actor that runs the client and back, and `InlineGrid` holds every node's 
 memory. `ClientStore`, the outermost mod of a simulated ClientApp, keeps that state in
 a file per client instead:
 
-    <directory>/<partition-id>.npz, .json     a `flcomp.protocol.snapshot.Snapshot` (no pickle)
+    <directory>/<partition-id>.state     b"FLCS", CRC-32 of the body (u32 LE), the body: the
+                                         records as Flower's own protobuf RecordDict (no pickle)
 
 (a simulated run's `directory` is results/<run>/client-state/, `STORE_DIR`).
 
 Before a train instruction reaches the inner mods it moves the client's stored records
 into `context.state`; after the reply (or an exception) it moves them back out, so the
-Context holds none of them between rounds. Files, not a per-process dict, so that every
+Context holds none of them between rounds. Flower's protobuf keeps each Array's bytes as
+they are (an .npz parses a header per array: at 1,000 clients a round, that shows).
+Files, not a per-process dict, so that every
 Ray actor on the machine sees the same state whichever actor Ray runs a client on, and
 runs stay reproducible.
 
@@ -34,25 +37,28 @@ without an flcomp codec (evaluation, a plain strategy's rounds) leave the store 
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
+from google.protobuf.message import DecodeError
+from isal.isal_zlib import crc32
 
 from flcomp.protocol import records
-from flcomp.protocol.snapshot import FORMAT, Snapshot, SnapshotError, load
 
 log = logging.getLogger(__name__)
 
 STORE_DIR = "client-state"
 """The store's directory inside a run's results directory (`flcomp.sim.apps.client_app`)."""
-_NAME = "state"
-"""The RecordDict's name inside each client's Snapshot."""
+_MAGIC = b"FLCS"
+_HEADER = struct.Struct("<4sI")
 
 
 @dataclass(frozen=True)
@@ -66,49 +72,84 @@ class ClientStore:
         flcomp = any(records.CODEC in c for c in msg.content.config_records.values())
         if msg.metadata.message_type != MessageType.TRAIN or not flcomp:
             return call_next(msg, context)  # the state is flcomp's: other messages leave it where it is
-        stem = self.path(context)
-        self._move_in(stem, context)
+        path = self.path(context)
+        self._move_in(path, context)
         try:
             return call_next(msg, context)
         finally:
-            self._move_out(stem, context)
+            self._move_out(path, context)
 
     def path(self, context: Context) -> Path:
-        """The stem of a client's files (`.npz` and `.json` beside it)."""
-        return Path(self.directory) / str(int(context.node_config.get("partition-id", context.node_id)))
+        """The file of the state of the client that `context` is for."""
+        return self.file(int(context.node_config.get("partition-id", context.node_id)))
+
+    def file(self, client: int) -> Path:
+        """The file of client `client`'s state (its partition id)."""
+        return Path(self.directory) / f"{client}.state"
+
+    def records(self, client: int) -> RecordDict:
+        """What the store holds for a client: FileNotFoundError if nothing, ValueError if damaged."""
+        return _parse(self.file(client).read_bytes())
 
     def clear(self) -> None:
         """Remove every client's stored state (and the directory)."""
         shutil.rmtree(self.directory, ignore_errors=True)
 
     @staticmethod
-    def _move_in(stem: Path, context: Context) -> None:
+    def _move_in(path: Path, context: Context) -> None:
         """Put the stored records into `context.state`; none when the entry is missing, and a
         warning when it is unreadable (the client then starts afresh)."""
-        if not stem.with_suffix(".json").is_file():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             return
         try:
-            stored = load(stem).records(_NAME)
-        except SnapshotError as e:
-            log.warning("stored client state unusable, the client starts afresh: %s", e)
+            stored = _parse(data)
+        except ValueError as e:
+            log.warning("stored client state unusable, the client starts afresh: %s: %s", path, e)
             return
         for key, record in stored.items():
             context.state[key] = record
 
     @staticmethod
-    def _move_out(stem: Path, context: Context) -> None:
-        """Write the flcomp records of `context.state` to `stem` and remove them from it."""
+    def _move_out(path: Path, context: Context) -> None:
+        """Write the flcomp records of `context.state` to `path` and remove them from it."""
         keys = [k for k in context.state.keys() if k.startswith(records.CLIENT_STATE_PREFIX)]
         if not keys:
             return
-        s = Snapshot()
-        s.put_records(_NAME, RecordDict({k: context.state[k] for k in keys}))
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        # snapshot.save's format, without its fsyncs: the store is rebuilt at every start.
-        index = {k: [v.dtype.str, list(v.shape)] for k, v in s.arrays.items()}
-        with open(stem.with_suffix(".npz"), "wb") as f:
-            np.savez(f, **s.arrays)
-        text = json.dumps({"format": FORMAT, "arrays": index, "meta": s.meta}, allow_nan=False)
-        stem.with_suffix(".json").write_text(text + "\n")
+        body = recorddict_to_proto(RecordDict({k: context.state[k] for k in keys})).SerializeToString()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _overwrite(path, _HEADER.pack(_MAGIC, crc32(body)) + body)
         for k in keys:
             del context.state[k]
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    """Write `data` over the file's old bytes, then cut it to length, without flushing (the
+    store is rebuilt at every start). Not `open(path, "wb")`: ext4 flushes a file truncated to
+    zero when it is closed (auto_da_alloc), a millisecond per client and round. A write cut
+    short leaves a file whose CRC-32 fails: that client starts afresh."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def _parse(data: bytes) -> RecordDict:
+    """The records of a stored file; ValueError when it is not one, or is damaged."""
+    if len(data) < _HEADER.size:
+        raise ValueError("truncated")
+    magic, crc = _HEADER.unpack_from(data)
+    body = memoryview(data)[_HEADER.size :]
+    if magic != _MAGIC or crc32(body) != crc:
+        raise ValueError("not a client state file, or damaged (CRC-32)")
+    proto = RecordDictProto()
+    try:
+        proto.ParseFromString(body)
+        return recorddict_from_proto(proto)
+    except (DecodeError, ValueError, TypeError) as e:
+        raise ValueError(f"unreadable records ({e})") from None

@@ -1,4 +1,5 @@
-"""Unbiasedness: E[decode(encode(x))] = x for QSGD and unbiased random-k.
+"""Unbiasedness: E[decode(encode(x))] = x for the codecs that claim it (QSGD, unbiased random-k,
+TernGrad unclipped, DRIVE and EDEN with their unbiased scales, an unbiased pipeline).
 
 The decodes of M committed steps of one encoder (step n draws from
 default_rng((seed, n))) are averaged. Per coordinate, z = (mean − x) / (σ̂ / √M):
@@ -66,6 +67,22 @@ UNBIASED = [
     (codec("qsgd", levels=2, bucket_size=512), 2_000),
     (codec("qsgd", levels=1, bucket_size=128, coding="range"), 2_000),
     (codec("randomk", ratio=0.1, unbiased=True, error_feedback=False), 3_000),
+    (codec("terngrad", clip=0.0), 2_000),
+    (codec("drive"), 2_000),
+    (codec("eden"), 2_000),
+    (
+        codec(
+            "pipeline",
+            sparsifier="randomk",
+            ratio=0.1,
+            unbiased=True,
+            quantizer="qsgd",
+            levels=2,
+            block_size=128,
+            error_feedback=False,
+        ),
+        3_000,
+    ),
 ]
 
 
@@ -81,6 +98,8 @@ BIASED = [
     (codec("topk", ratio=0.1, error_feedback=False), 50),
     (codec("randomk", ratio=0.1, unbiased=False, error_feedback=False), 3_000),
     (codec("scaled_sign", error_feedback=False), 50),
+    (codec("stc", error_feedback=False), 50),
+    (codec("drive", unbiased=False), 50),
 ]
 
 

@@ -2,10 +2,12 @@
 
 import dataclasses
 import logging
+import struct
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
+from isal.isal_zlib import crc32
 from test_checkpoint import TASK, content, make_strategy, stable_rows, timeless, train_round
 
 from flcomp.codecs import Codec
@@ -15,7 +17,7 @@ from flcomp.protocol.snapshot import load
 from flcomp.sim import RunConfig, run
 from flcomp.sim.apps import client_app, load_task, serve
 from flcomp.sim.checkpoint import ClientSnapshots
-from flcomp.sim.client_store import STORE_DIR
+from flcomp.sim.client_store import STORE_DIR, ClientStore
 from flcomp.sim.inline import InlineGrid
 from flcomp.sim.results import RunRecorder
 from flcomp.strategies import RoundTraffic
@@ -64,17 +66,14 @@ def test_the_store_keeps_the_context_small_and_changes_nothing(tmp_path):
     # The Contexts hold nothing of flcomp's, no arrays at all; without the store they hold the codec state.
     assert not flcomp_keys(stored) and all(not c.state.array_records for c in stored.contexts.values())
     assert any(flcomp_keys(plain))
-    assert sorted(p.name for p in (tmp_path / STORE_DIR).iterdir()) == [
-        f"{i}.{ext}" for i in range(4) for ext in ("json", "npz")
-    ]
+    assert sorted(p.name for p in (tmp_path / STORE_DIR).iterdir()) == [f"{i}.state" for i in range(4)]
 
 
 def test_a_missing_entry_means_a_fresh_client_resynchronised_by_a_key_frame(tmp_path):
     strategy = make_strategy(UPLINK, None, None)
     grid = InlineGrid(client_app(TASK, results_dir=tmp_path), 4)
     _, arrays = rounds(strategy, grid, (1, 2, 3), initial())
-    for ext in ("json", "npz"):
-        (tmp_path / STORE_DIR / f"0.{ext}").unlink()  # partition 0 is node 1
+    (tmp_path / STORE_DIR / "0.state").unlink()  # partition 0 is node 1
     sent = list(strategy.configure_train(4, arrays, ConfigRecord(), grid))
     replies = grid.send_and_receive(sent)
     assert key_frames(replies) == {1: True, 2: False, 3: False, 4: False}
@@ -86,11 +85,22 @@ def test_a_missing_entry_means_a_fresh_client_resynchronised_by_a_key_frame(tmp_
     assert metrics["flcomp.clients-accepted"] == 4
 
 
-def test_an_unreadable_entry_is_a_warning_and_a_key_frame(tmp_path, caplog):
+DAMAGES = {
+    "not a state file": lambda data: b"{not json",
+    "empty": lambda data: b"",
+    "truncated": lambda data: data[: len(data) // 2],
+    "one byte flipped": lambda data: data[:-100] + bytes([data[-100] ^ 1]) + data[-99:],
+    "a valid CRC over garbage": lambda data: data[:4] + struct.pack("<I", crc32(b"x" * 9)) + b"x" * 9,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_an_unreadable_entry_is_a_warning_and_a_key_frame(tmp_path, caplog, damage):
     strategy = make_strategy(UPLINK, None, None)
     grid = InlineGrid(client_app(TASK, results_dir=tmp_path), 4)
     _, arrays = rounds(strategy, grid, (1, 2), initial())
-    (tmp_path / STORE_DIR / "2.json").write_text("{not json")
+    entry = ClientStore(tmp_path / STORE_DIR).file(2)
+    entry.write_bytes(DAMAGES[damage](entry.read_bytes()))
     with caplog.at_level(logging.WARNING):
         replies = grid.send_and_receive(list(strategy.configure_train(3, arrays, ConfigRecord(), grid)))
     assert "stored client state unusable" in caplog.text
@@ -102,8 +112,7 @@ def test_two_way_a_missing_entry_costs_one_round_then_key_frames(tmp_path):
     strategy = make_strategy(UPLINK, "scaled_sign", None)
     grid = InlineGrid(client_app(TASK, results_dir=tmp_path), 4)
     _, arrays = rounds(strategy, grid, (1, 2), initial())
-    for ext in ("json", "npz"):
-        (tmp_path / STORE_DIR / f"1.{ext}").unlink()  # partition 1 is node 2
+    (tmp_path / STORE_DIR / "1.state").unlink()  # partition 1 is node 2
     _, arrays, metrics = train_round(strategy, grid, 3, arrays)
     assert metrics["flcomp.clients-accepted"] == 3 and "stale replica" in strategy.traffic[3].dropped[2]
     sent, arrays, metrics = train_round(strategy, grid, 4, arrays)
@@ -119,7 +128,7 @@ def test_client_snapshots_inside_the_store_capture_the_whole_state(tmp_path):
     grid = InlineGrid(client_app(TASK, snapshots=snapshots, results_dir=tmp_path), 4)
     rounds(make_strategy(), grid, (1, 2), initial())
     snapshot = load(tmp_path / "checkpoint-clients" / "0" / "000002" / "state").records("state")
-    stored = load(tmp_path / STORE_DIR / "0").records("state")
+    stored = ClientStore(tmp_path / STORE_DIR).records(0)
     assert "flcomp.encoder.arrays" in snapshot and "flcomp.replica" in snapshot
     assert list(snapshot.keys()) == list(stored.keys())
     for key, record in stored.array_records.items():

@@ -9,15 +9,23 @@ codec for its residual through the registry.
 """
 
 from flcomp.codecs.compressors import (  # noqa: F401
+    blockwise,
+    dgc,
+    drive,
+    eden,
     floats,
     gdsec,
     lag,
     lgc,
+    natural,
+    pipeline,
     powersgd,
     qsgd,
     randomk,
     scaled_sign,
     signxor,
+    stc,
+    terngrad,
     topk,
     tpc,
 )

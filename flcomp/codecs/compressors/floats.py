@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from flcomp.codecs.coding.bfloat16 import to_bfloat16, widen_bfloat16
 from flcomp.codecs.coding.half import all_finite_half, widen_half
 from flcomp.codecs.compressor import NoConfig, TensorCompressor
 from flcomp.codecs.registry import register
@@ -13,8 +14,6 @@ from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 _FP16_MAX = float(np.finfo(np.float16).max)
-_BLOCK = 1 << 16
-"""Entries a block of bfloat16 rounding works on: 256 KiB of float32, within L2."""
 
 
 @register
@@ -82,38 +81,9 @@ class BFloat16(TensorCompressor):
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
     ) -> Callable[[], np.ndarray]:
-        top = _round_to_bf16(x.view(np.uint32))
-        # Only entries within 2⁻⁸ of float32's largest round to Inf (exponent all ones).
-        if top.size and int((top & 0x7FFF).max()) >= 0x7F80:
-            overflow = (top & 0x7F80) == 0x7F80
-            top[overflow] = (top[overflow] & 0x8000) | 0x7F7F
+        top = to_bfloat16(x)
         out.array(top)
-        return lambda: _widen(top)
+        return lambda: widen_bfloat16(top)
 
     def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
-        return _widen(body.array(np.uint16, t.size, limit=t.size))
-
-
-def _round_to_bf16(bits: np.ndarray) -> np.ndarray:
-    """The top 16 bits of float32 bit patterns, rounded to nearest even on the 16 dropped.
-
-    Finite inputs cannot carry past 32 bits. Block by block, so that the five integer
-    passes run in cache: twice as fast as whole-array passes on a large tensor.
-    """
-    top = np.empty(bits.size, np.uint16)
-    rounded = np.empty(min(bits.size, _BLOCK), np.uint32)
-    for start in range(0, bits.size, _BLOCK):
-        block = bits[start : start + _BLOCK]
-        r = rounded[: block.size]
-        np.right_shift(block, 16, out=r)
-        r &= 1
-        r += block
-        r += 0x7FFF
-        r >>= 16
-        np.copyto(top[start : start + _BLOCK], r, casting="unsafe")
-    return top
-
-
-def _widen(top: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns to float32."""
-    return (top.astype(np.uint32) << 16).view(np.float32)
+        return widen_bfloat16(body.array(np.uint16, t.size, limit=t.size))

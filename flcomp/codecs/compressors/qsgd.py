@@ -23,14 +23,12 @@ mostly 0 and ±1, are entropy-coded, as the paper does with Elias codes:
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import zstandard
 
-from flcomp.codecs.coding import entropy
+from flcomp.codecs.coding import entropy, zstd
 from flcomp.codecs.coding.levels import pack_levels, packed_size, unpack_levels
 from flcomp.codecs.compressor import TensorCompressor
 from flcomp.codecs.errors import PayloadError
@@ -39,7 +37,6 @@ from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 _DITHER = 2**16
-_CONTEXTS = threading.local()
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ class QSGD(TensorCompressor):
         else:
             largest = int(np.abs(levels).max()) if levels.size else 0
             out.struct("B", largest)
-            out.blob(_zstd()[0].compress(pack_levels(levels, largest)))
+            out.blob(zstd.compress(pack_levels(levels, largest)))
         return self._reconstruct(norms, levels)
 
     def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
@@ -101,7 +98,7 @@ class QSGD(TensorCompressor):
             (largest,) = body.struct("B")
             if largest > s:
                 raise PayloadError(f"QSGD level {largest} beyond {s}")
-            packed = _unzstd(body.blob(limit=n + 1024), packed_size(n, largest))
+            packed = zstd.decompress_exactly(body.blob(limit=n + 1024), packed_size(n, largest))
             levels = unpack_levels(packed, n, largest)
         return self._reconstruct(norms, levels)
 
@@ -144,25 +141,3 @@ def _level_scale(top: float, norms: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", over="ignore"):
         factor = np.where(norms > 0, top / norms.astype(np.float64), 0.0)
     return np.minimum(factor, np.finfo(np.float32).max).astype(np.float32)
-
-
-def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-    """This thread's Zstandard contexts (level 1): building them costs ~70 µs, more than
-    coding a small tensor, and one must not be used by two threads at once."""
-    if not hasattr(_CONTEXTS, "pair"):
-        _CONTEXTS.pair = (zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor())
-    return _CONTEXTS.pair
-
-
-def _unzstd(frame: memoryview, n: int) -> np.ndarray:
-    """A Zstandard frame that must declare and hold exactly n bytes (checked before allocating)."""
-    try:
-        declared = zstandard.frame_content_size(frame)
-        if declared != n:
-            raise PayloadError(f"zstd frame declares {declared} bytes, expected {n}")
-        data = _zstd()[1].decompress(frame, max_output_size=n)
-    except zstandard.ZstdError as e:
-        raise PayloadError(f"zstd frame refused: {e}") from e
-    if len(data) != n:
-        raise PayloadError(f"zstd frame holds {len(data)} bytes, expected {n}")
-    return np.frombuffer(data, np.uint8)

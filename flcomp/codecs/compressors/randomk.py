@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flcomp.codecs.coding.seeded import random_positions
 from flcomp.codecs.coding.sparse import ValueDtype, kept_count, read_values, scatter, write_values
 from flcomp.codecs.compressor import Stats, TensorCompressor
 from flcomp.codecs.registry import register
@@ -36,14 +37,6 @@ class RandomKConfig:
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ratio must lie in (0, 1], got {self.ratio}")
-
-
-def random_positions(seed: int, n: int, k: int) -> np.ndarray:
-    """The sorted positions that `seed` draws: k of n, without replacement (all n when
-    k = n, as small tensors keep, without seeding a generator)."""
-    if k >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 @register
