@@ -1,22 +1,13 @@
 """STC (Sattler et al. 2019): the top-k as ±μ, the bits of its Golomb-coded positions against the
-paper's formula, and STC as the server's broadcast codec (two-way STC, the paper's Algorithm 2)."""
+paper's formula. STC as the server's broadcast codec (two-way STC, the paper's Algorithm 2) is
+one of tests/flower/test_two_way.py's downlink codecs."""
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp.strategy import FedAvg
 
-from flcomp.clients import compression_mod
 from flcomp.codecs import HEADER_BYTES, Codec, ModelSpec, codec
-from flcomp.protocol import records
-from flcomp.sim.inline import InlineGrid
-from flcomp.strategies import Compressed
-from flcomp.strategies.downlink import Broadcast
 
 SPEC = ModelSpec.flat(3000, 50, 7)
 
@@ -122,97 +113,3 @@ def test_bits_per_entry_at_the_papers_default_sparsity(rng):
     n = 100_000
     payload = codec("stc").encoder(ModelSpec.flat(n)).encode([rng.standard_normal(n).astype(np.float32)])
     assert len(payload) * 8 / n <= (golomb(1 / 400)[1] + 1) / 400 + (8 * HEADER_BYTES + 280) / n  # ≈ 0.03
-
-
-# --- STC as the downlink codec: the server's broadcast -----------------------------------------
-
-
-def test_the_broadcasts_residual_keeps_everything_the_server_meant_to_send():
-    """ŵ(t) + e(t) = w(1) + Σ (w(s) − ŵ(s−1)): the server's STC residual (error feedback) loses nothing."""
-    rng = np.random.default_rng(0)
-    broadcast = Broadcast(Codec.parse("stc:ratio=0.05"), seed=1)
-    w = rng.standard_normal(400).astype(np.float32)
-    broadcast.advance(1, ArrayRecord({"w": Array(w)}))
-    meant = w.astype(np.float64)
-    for t in range(2, 30):
-        replica = broadcast.replica["w"].numpy()
-        w = (replica - 0.1 * rng.standard_normal(400)).astype(np.float32)
-        meant += w.astype(np.float64) - replica
-        broadcast.advance(t, ArrayRecord({"w": Array(w)}))
-        assert np.count_nonzero(broadcast.replica["w"].numpy() - replica) <= 20
-        np.testing.assert_allclose(
-            broadcast.replica["w"].numpy() + broadcast.encoder.local["ef/0"], meant, atol=1e-4
-        )
-
-
-SIZE, NODES, PULL = 64, 4, 0.1
-
-
-def client_app() -> ClientApp:
-    """Each client pulls w a step PULL toward its own target; b counts rounds."""
-    app = ClientApp(mods=[compression_mod])
-
-    @app.train()
-    def train(msg: Message, context) -> Message:
-        arrays = msg.content["arrays"]
-        target = np.random.default_rng(context.node_config["partition-id"]).standard_normal(SIZE)
-        w = arrays["w"].numpy()
-        local = ArrayRecord(
-            {"w": Array((w - PULL * (w - target)).astype(np.float32)), "b": Array(arrays["b"].numpy() + 1)}
-        )
-        metrics = MetricRecord({"num-examples": 10})
-        return Message(RecordDict({"arrays": local, "metrics": metrics}), reply_to=msg)
-
-    return app
-
-
-class RecordingGrid(InlineGrid):
-    """Keeps the arrays of each train message: (round, node) → ArrayRecord."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.sent: dict[tuple[int, int], ArrayRecord] = {}
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        for m in messages:
-            self.sent[int(m.content["config"]["server-round"]), m.metadata.dst_node_id] = m.content["arrays"]
-        return super().send_and_receive(messages, timeout=timeout)
-
-
-@pytest.mark.parametrize("channel", [None, "fixed:loss=erasure,erasure_probability=0.3"])
-def test_two_way_stc_through_the_flower_apps(channel):
-    random.seed(0)
-    rounds = 30
-    strategy = Compressed(
-        FedAvg(fraction_evaluate=0.0), codec="stc:ratio=0.1", downlink="stc:ratio=0.1", channel=channel
-    )
-    grid = RecordingGrid(client_app(), NODES, first_node_id=101)
-    initial = ArrayRecord({"w": Array(np.zeros(SIZE, np.float32)), "b": Array(np.zeros(3, np.float32))})
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
-
-    for t in range(2, rounds + 1):
-        payloads = {
-            r[records.PAYLOAD].data for (s, _), r in grid.sent.items() if s == t and records.PAYLOAD in r
-        }
-        assert len(payloads) <= 1, "one broadcast payload a round, the same bytes for all"
-        if channel is None:
-            (payload,) = payloads
-            assert strategy.traffic[t].downlink_bytes == NODES * len(payload)
-            # w: 7 of 64 entries, b: 1 of 3; per tensor m, μ, the mode byte, at most a bitmap, signs.
-            assert len(payload) <= HEADER_BYTES + (9 + 8 + 1) + (9 + 1 + 1)
-    current = [
-        c
-        for c in grid.contexts.values()
-        if c.state.config_records["flcomp.replica.meta"]["version"] == rounds
-    ]
-    assert current
-    for context in current:
-        replica = context.state.array_records["flcomp.replica"]
-        np.testing.assert_array_equal(replica["w"].numpy(), strategy.broadcast.replica["w"].numpy())
-
-    if channel is not None:
-        return
-    # Both directions sparse and ternary, and still FedAvg's fixed point is approached.
-    optimum = np.mean([np.random.default_rng(i).standard_normal(SIZE) for i in range(NODES)], axis=0)
-    assert np.linalg.norm(result.arrays["w"].numpy() - optimum) < 0.3 * np.linalg.norm(optimum)

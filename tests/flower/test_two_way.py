@@ -15,8 +15,9 @@ from flcomp.sim.inline import InlineGrid
 from flcomp.strategies import Compressed
 from flcomp.strategies.downlink import Broadcast
 
-TWO_WAY = ["signxor:lam=1", "scaled_sign", "topk:ratio=0.2"]
-"""Stateful (SignXOR's previous signs) and stateless downlink codecs, all with error feedback."""
+TWO_WAY = ["signxor:lam=1", "scaled_sign", "topk:ratio=0.2", "stc:ratio=0.1"]
+"""Stateful (SignXOR's previous signs) and stateless downlink codecs (STC: two-way sparse ternary
+compression), all with error feedback."""
 
 
 class RecordingGrid(InlineGrid):
