@@ -67,13 +67,6 @@ def arms(codecs: list[str], two_way: list[str]) -> list[Arm]:
     return [Arm(c, c, None) for c in one] + [Arm(f"{c} two-way", c, c) for c in two_way]
 
 
-def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last `window` values at each position (fewer at the start)."""
-    sums = np.cumsum(np.insert(np.asarray(values, np.float64), 0, 0.0))
-    counts = np.minimum(np.arange(1, len(values) + 1), window)
-    return (sums[1:] - sums[np.arange(len(values)) + 1 - counts]) / counts
-
-
 @dataclass(frozen=True)
 class Curve:
     """A run's trained rounds: trailing-mean accuracy and cumulative bits, per round."""
@@ -88,7 +81,7 @@ class Curve:
         rows = experiment.trained(rows)
         up = np.cumsum([8 * r["uplink_bytes"] for r in rows], dtype=np.float64)
         down = np.cumsum([8 * (r["downlink_bytes"] or 0) for r in rows], dtype=np.float64)
-        accuracy = trailing_mean(np.array([r["accuracy"] for r in rows]), window)
+        accuracy = experiment.trailing_mean(np.array([r["accuracy"] for r in rows]), window)
         return cls(np.array([r["round"] for r in rows]), accuracy, up, up + down)
 
     @property

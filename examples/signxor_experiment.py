@@ -113,13 +113,6 @@ def mean_rate(rates: np.ndarray) -> float:
     return float(measured.mean()) if measured.size else float("nan")
 
 
-def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last `window` values (fewer at the start)."""
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    counts = np.minimum(np.arange(1, len(values) + 1), window)
-    return (sums[1:] - sums[np.arange(len(values)) + 1 - counts]) / counts
-
-
 @dataclass
 class Outcome:
     """One arm's numbers, from its results directory."""
@@ -136,7 +129,7 @@ class Outcome:
 
 def outcome(arm: Arm, rounds: Rows, window: int, target: float | None, entries: int) -> Outcome:
     rows = [r for r in rounds if r["round"] > 0]
-    accuracy = trailing_mean(np.array([r["accuracy"] for r in rows]), window)
+    accuracy = experiment.trailing_mean(np.array([r["accuracy"] for r in rows]), window)
     up = np.cumsum([8 * r["uplink_bytes"] for r in rows])
     down = np.cumsum([8 * (r["downlink_bytes"] or 0) for r in rows])
     per_entry = CLIENTS * entries * len(rows)

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from flcomp.sim.config import RunConfig
 from flcomp.sim.plot import plot_runs
 from flcomp.sim.problems import Problem, uplink_mbit
@@ -130,6 +132,13 @@ def problem_runs(
 def trained(rows: Rows, rounds: int | None = None) -> Rows:
     """The training rounds (round 0 is the initial model), the first `rounds` of them if given."""
     return [r for r in rows if r["round"] > 0][:rounds]
+
+
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last `window` values at each position (fewer at the start), float64."""
+    sums = np.cumsum(np.insert(np.asarray(values, np.float64), 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(len(values)) + 1 - counts]) / counts
 
 
 def stat_sum(rows: Rows, name: str, rounds: int | None = None, downlink: bool = False) -> float | None:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from conftest import load_example
 
+from flcomp.sim import experiment
+
 
 @pytest.fixture(scope="module")
 def bta():
@@ -23,10 +25,10 @@ def rows_of(accuracy: list[float], uplink: list[int], downlink: list[int]) -> li
     ]
 
 
-def test_trailing_mean_averages_the_last_window_values(bta):
-    got = bta.trailing_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2)
+def test_trailing_mean_averages_the_last_window_values():
+    got = experiment.trailing_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2)
     np.testing.assert_allclose(got, [1.0, 2.0, 4.0, 6.0])
-    np.testing.assert_allclose(bta.trailing_mean(np.array([2.0, 4.0]), 10), [2.0, 3.0])
+    np.testing.assert_allclose(experiment.trailing_mean(np.array([2.0, 4.0]), 10), [2.0, 3.0])
 
 
 def test_the_target_is_the_first_round_whose_trailing_mean_reaches_it_with_cumulative_bits(bta):
