@@ -11,7 +11,7 @@ from conftest import forge
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
-from test_unbiased import bias_check
+from test_unbiased import X, bias_check, decode_many
 
 from flcomp.clients import compression_mod, encoder_state
 from flcomp.codecs import HEADER_BYTES, Codec, ModelSpec, PayloadError, RoundContext, codec
@@ -310,21 +310,6 @@ def test_a_forged_threshold_count_is_refused():
 
 
 # --- unbiasedness -----------------------------------------------------------------------
-
-D = 2_000
-_rng = np.random.default_rng(2024)
-X = (_rng.choice([-1.0, 1.0], D) * _rng.uniform(0.5, 1.5, D)).astype(np.float32)
-
-
-def decode_many(c: Codec, steps: int) -> np.ndarray:
-    spec = ModelSpec.flat(D)
-    enc, dec = c.encoder(spec, seed=5), c.decoder(spec)
-    out = np.empty((steps, D))
-    for i in range(steps):
-        (out[i],) = dec.decode(enc.encode([X]))
-        dec.commit()
-        enc.sync(dec.fingerprint)
-    return out
 
 
 def top_k(x: np.ndarray, ratio: float) -> np.ndarray:

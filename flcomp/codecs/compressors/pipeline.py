@@ -43,6 +43,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from flcomp.codecs.coding.bfloat16 import all_finite_bfloat16, to_bfloat16, widen_bfloat16
+from flcomp.codecs.coding.buckets import (
+    bucket_norms,
+    dequantize,
+    level_scale,
+    read_scales,
+    scale_buckets,
+    stochastic_levels,
+)
 from flcomp.codecs.coding.positions import decode_positions, encode_positions
 from flcomp.codecs.coding.seeded import random_positions
 from flcomp.codecs.coding.shorter import decode_levels, decode_signs, encode_levels, encode_signs
@@ -57,8 +65,6 @@ from flcomp.codecs.wire import PayloadReader, PayloadWriter
 Support = np.ndarray | slice
 """The kept entries of a tensor: sorted positions, or slice(None) for all of them."""
 
-_DITHER = 2**16
-"""QSGD's dither u = (b + ½)/2¹⁶ for a uniform 16-bit b: bias below 2⁻¹⁷ of a level step."""
 _BLOCKWISE_LEVELS = 127
 """blockwise's levels above zero: 8-bit symmetric, [−127, 127]."""
 _FLOAT32_MAX = np.finfo(np.float32).max
@@ -235,39 +241,33 @@ class Sign(Quantizer):
 class QSGD(Quantizer):
     def encode(self, v: np.ndarray, out: PayloadWriter, rng: np.random.Generator) -> np.ndarray:
         s, b = self.config.levels, self.config.block_size
-        norms = _block_norms(v, b)
-        y = np.abs(v)
-        _scale_blocks(y, _capped(s * _DITHER, norms), b)
-        y += rng.bit_generator.random_raw(-(-v.size // 4)).view(np.uint16)[: v.size]
-        y += np.float32(0.5)
-        y *= np.float32(1 / _DITHER)
-        levels = np.minimum(y, s, out=y).astype(np.int8)
-        levels *= 1 - 2 * (v < 0).view(np.int8)
+        norms = bucket_norms(v, b)
+        levels = stochastic_levels(v, norms, s, b, rng)
         out.array(norms)
         encode_levels(levels, out)
-        return _dequantize(levels, norms / np.float32(s), b)
+        return dequantize(levels, norms / np.float32(s), b)
 
     def decode(self, body: PayloadReader, m: int) -> np.ndarray:
-        norms = _read_scales(body, m, self.config.block_size)
+        norms = read_scales(body, m, self.config.block_size)
         levels = decode_levels(body, m, self.config.levels)
-        return _dequantize(levels, norms / np.float32(self.config.levels), self.config.block_size)
+        return dequantize(levels, norms / np.float32(self.config.levels), self.config.block_size)
 
 
 class Blockwise(Quantizer):
     def encode(self, v: np.ndarray, out: PayloadWriter, rng: np.random.Generator) -> np.ndarray:
         b = self.config.block_size
-        absmax = _block_reduce(np.abs(v), b, np.max)
+        absmax = _block_absmax(v, b)
         y = v.copy()
-        _scale_blocks(y, _capped(_BLOCKWISE_LEVELS, absmax), b)
+        scale_buckets(y, level_scale(_BLOCKWISE_LEVELS, absmax), b)
         levels = np.clip(np.rint(y, out=y), -_BLOCKWISE_LEVELS, _BLOCKWISE_LEVELS, out=y).astype(np.int8)
         out.array(absmax)
         encode_levels(levels, out)
-        return _dequantize(levels, absmax / np.float32(_BLOCKWISE_LEVELS), b)
+        return dequantize(levels, absmax / np.float32(_BLOCKWISE_LEVELS), b)
 
     def decode(self, body: PayloadReader, m: int) -> np.ndarray:
-        absmax = _read_scales(body, m, self.config.block_size)
+        absmax = read_scales(body, m, self.config.block_size)
         levels = decode_levels(body, m, _BLOCKWISE_LEVELS)
-        return _dequantize(levels, absmax / np.float32(_BLOCKWISE_LEVELS), self.config.block_size)
+        return dequantize(levels, absmax / np.float32(_BLOCKWISE_LEVELS), self.config.block_size)
 
 
 SPARSIFIERS: dict[str, type[Sparsifier]] = {
@@ -290,58 +290,14 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
 # --- blocks of kept values ------------------------------------------------------------
 
 
-def _block_reduce(v: np.ndarray, b: int, reduce) -> np.ndarray:
-    """`reduce` (np.max, ...) of each block of b consecutive entries, the last one ragged."""
+def _block_absmax(v: np.ndarray, b: int) -> np.ndarray:
+    """max |v| of each block of b consecutive entries, the last one ragged."""
     full = v.size // b * b
-    parts = [reduce(v[:full].reshape(-1, b), axis=1)] if full else []
+    a = np.abs(v)
+    parts = [a[:full].reshape(-1, b).max(axis=1)] if full else []
     if full < v.size:
-        parts.append(reduce(v[full:], keepdims=True))
+        parts.append(a[full:].max(keepdims=True))
     return np.concatenate(parts) if parts else np.zeros(0, v.dtype)
-
-
-def _block_norms(v: np.ndarray, b: int) -> np.ndarray:
-    """‖block‖₂ in float32; ValueError when one is past float32's range."""
-    norms = np.sqrt(_block_reduce(v * v, b, np.sum))
-    if not np.isfinite(norms).all():
-        # Squares of entries past ~1e19 overflow float32: redo them in float64.
-        w = v.astype(np.float64)
-        with np.errstate(over="ignore"):
-            norms = np.sqrt(_block_reduce(w * w, b, np.sum))
-        if not (norms <= _FLOAT32_MAX).all():
-            raise ValueError("a block's norm exceeds float32's range: qsgd cannot scale it")
-    return norms.astype(np.float32)
-
-
-def _scale_blocks(y: np.ndarray, factor: np.ndarray, b: int) -> None:
-    """y[i] *= factor[block of i], in place."""
-    full = y.size // b * b
-    y[:full].reshape(-1, b)[...] *= factor[: full // b, None]
-    if full < y.size:
-        y[full:] *= factor[-1]
-
-
-def _capped(top: float, scales: np.ndarray) -> np.ndarray:
-    """top/scale per block in float32: 0 for a zero block, float32's largest for a tiny one
-    (whose values then round toward zero: they are below the precision of anything else)."""
-    with np.errstate(divide="ignore", over="ignore"):
-        factor = np.where(scales > 0, top / scales.astype(np.float64), 0.0)
-    return np.minimum(factor, _FLOAT32_MAX).astype(np.float32)
-
-
-def _dequantize(levels: np.ndarray, step: np.ndarray, b: int) -> np.ndarray:
-    """levels × step[block]: the same float32 operations on both sides."""
-    out = levels.astype(np.float32)
-    _scale_blocks(out, step, b)
-    return out
-
-
-def _read_scales(body: PayloadReader, m: int, b: int) -> np.ndarray:
-    """The ceil(m/b) float32 scales of m kept values; each finite and ≥ 0."""
-    nb = -(-m // b)
-    scales = body.array(np.float32, nb, limit=nb)
-    if not ((scales >= 0) & (scales <= _FLOAT32_MAX)).all():
-        raise PayloadError("block scales must be finite and non-negative")
-    return scales
 
 
 # --- the codec ------------------------------------------------------------------------

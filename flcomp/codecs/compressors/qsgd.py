@@ -29,14 +29,13 @@ from typing import Literal
 import numpy as np
 
 from flcomp.codecs.coding import entropy, zstd
+from flcomp.codecs.coding.buckets import bucket_norms, dequantize, read_scales, stochastic_levels
 from flcomp.codecs.coding.levels import pack_levels, packed_size, unpack_levels
 from flcomp.codecs.compressor import TensorCompressor
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
 from flcomp.codecs.spec import TensorSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
-
-_DITHER = 2**16
 
 
 @dataclass(frozen=True)
@@ -68,15 +67,9 @@ class QSGD(TensorCompressor):
     def encode_tensor(
         self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
     ) -> np.ndarray:
-        s = self.config.levels
-        norms = self._bucket_norms(x)
-        y = np.abs(x)
-        self._scale_buckets(y, _level_scale(s * _DITHER, norms))
-        y += rng.bit_generator.random_raw(-(-x.size // 4)).view(np.uint16)[: x.size]
-        y += np.float32(0.5)
-        y *= np.float32(1 / _DITHER)
-        levels = np.minimum(y, s, out=y).astype(np.int8)
-        levels *= 1 - 2 * (x < 0).view(np.int8)
+        s, b = self.config.levels, self.config.bucket_size
+        norms = bucket_norms(x, b)
+        levels = stochastic_levels(x, norms, s, b, rng)
         out.array(norms)
         if self.config.coding == "range":
             entropy.encode_symbols(levels.astype(np.int32) + s, 2 * s + 1, out)
@@ -84,14 +77,11 @@ class QSGD(TensorCompressor):
             largest = int(np.abs(levels).max()) if levels.size else 0
             out.struct("B", largest)
             out.blob(zstd.compress(pack_levels(levels, largest)))
-        return self._reconstruct(norms, levels)
+        return dequantize(levels, norms / np.float32(s), b)
 
     def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
-        s, n = self.config.levels, t.size
-        nb = -(-n // self.config.bucket_size)
-        norms = body.array(np.float32, nb, limit=nb)
-        if not (np.isfinite(norms).all() and (norms >= 0).all()):
-            raise PayloadError("QSGD norms must be finite and non-negative")
+        s, n, b = self.config.levels, t.size, self.config.bucket_size
+        norms = read_scales(body, n, b)
         if self.config.coding == "range":
             levels = (entropy.decode_symbols(body, n, 2 * s + 1) - s).astype(np.int8)
         else:
@@ -100,44 +90,4 @@ class QSGD(TensorCompressor):
                 raise PayloadError(f"QSGD level {largest} beyond {s}")
             packed = zstd.decompress_exactly(body.blob(limit=n + 1024), packed_size(n, largest))
             levels = unpack_levels(packed, n, largest)
-        return self._reconstruct(norms, levels)
-
-    def _bucket_norms(self, x: np.ndarray) -> np.ndarray:
-        """‖v‖₂ of every bucket in float32; ValueError if one is past float32's range."""
-        b, full = self.config.bucket_size, x.size // self.config.bucket_size * self.config.bucket_size
-        main = x[:full].reshape(-1, b)
-        norms = np.sqrt(np.einsum("ij,ij->i", main, main))
-        if full < x.size:
-            norms = np.append(norms, np.float32(np.linalg.norm(x[full:])))
-        overflow = np.flatnonzero(~np.isfinite(norms))
-        if len(overflow):
-            # Squares of entries past ~1e19 overflow float32: redo those buckets in float64.
-            for i in overflow:
-                norms[i] = np.linalg.norm(x[i * b : (i + 1) * b].astype(np.float64))
-            if not np.isfinite(norms).all():
-                raise ValueError("a bucket's norm exceeds float32's range: QSGD cannot scale it")
-        return norms.astype(np.float32, copy=False)
-
-    def _scale_buckets(self, y: np.ndarray, factor: np.ndarray) -> None:
-        """y[i] *= factor[bucket of i], in place."""
-        b = self.config.bucket_size
-        full = y.size // b * b
-        y[:full].reshape(-1, b)[...] *= factor[: full // b, None]
-        y[full:] *= factor[-1] if full < y.size else np.float32(1)
-
-    def _reconstruct(self, norms: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        """‖v‖/s · ±ξ entry by entry: the same float32 operations on both sides."""
-        out = levels.astype(np.float32)
-        self._scale_buckets(out, norms / np.float32(self.config.levels))
-        return out
-
-
-def _level_scale(top: float, norms: np.ndarray) -> np.ndarray:
-    """top/‖v‖ per bucket in float32: 0 for a zero bucket, float32's largest for a tiny one.
-
-    A bucket whose norm is below ~1e-32 would overflow the factor; capped, its
-    entries round toward zero (they are below float32's precision of anything else).
-    """
-    with np.errstate(divide="ignore", over="ignore"):
-        factor = np.where(norms > 0, top / norms.astype(np.float64), 0.0)
-    return np.minimum(factor, np.finfo(np.float32).max).astype(np.float32)
+        return dequantize(levels, norms / np.float32(s), b)
