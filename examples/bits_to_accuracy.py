@@ -3,26 +3,35 @@
 Fashion-MNIST, the CNN, 100 clients split by label with Dirichlet(0.5), 10 clients a round (the
 same seeded cohorts for every codec), FedAvg, 2 local epochs, inline engine. Every registered
 codec (all of them run in federated mode) with its default config on the uplink (the model is
-broadcast as it is), and the codecs of `TWO_WAY` run once more with the same codec on the
-downlink (the server's broadcast, `flcomp.strategies.downlink`). Bits are the payloads' real
-bytes as rounds.csv records them: uplink (every accepted client's payload) plus downlink (the
-model, payload or key frame, and side information, to every instructed client).
+sent as it is), and the codecs of `TWO_WAY` run once more with the same codec on the downlink
+(the server's broadcast, `flcomp.strategies.downlink`). Bits are the payloads' real bytes as
+rounds.csv records them: uplink (every accepted client's payload) plus downlink (the model,
+payloads or key frame, and side information).
+
+Two downlink deliveries (`Compressed`'s `downlink_delivery`), each against fp32 under the same:
+- unicast (Flower's): every instructed client's message is its own transmission. With 10 of
+  100 clients a round a client is rarely in two consecutive cohorts: a two-way client catches
+  up on the payloads it missed, and gets a key frame (the whole replica) when it is new or
+  they outweigh one, so the 100 first contacts alone cost 100 models.
+- broadcast: one transmission a round reaches all 100 clients (a cell's base station), so the
+  starting model and each round's payload count once; runs "<codec> broadcast". The model
+  trains exactly as under unicast (the same replicas, bit for bit): only what is counted differs.
 
 Accuracy is the test accuracy averaged over the last `--window` rounds. The target is fp32's
 final accuracy minus 0.5 points; a run reaches it at the first round whose trailing mean does,
 and the table gives the cumulative total and uplink bits there, and how many times fewer than
-fp32's. Floor: at least one codec reaches the target with ≥ 100× fewer total bits than fp32.
-
-With 10 of 100 clients a round, a client is rarely in two consecutive cohorts, so a compressed
-downlink mostly sends key frames (the whole replica and the decoder's state,
-`Broadcast.record_for`); the table's downlink share shows what that costs.
+fp32's under the same delivery. Floor: at least one codec reaches the target with ≥ 100× fewer
+total bits than fp32.
 
 Runs are cached: each in <out>/<run>, and a run whose directory holds a finished run of the
 same config is read, not rerun (--fresh reruns them), so an interrupted experiment goes on
-where it stopped. It prints the table, writes it to docs/RESULTS.md (section
-"bits_to_accuracy") and plots docs/bits_to_accuracy/accuracy_vs_bits.png.
+where it stopped. They run in the order the floor needs them: fp32, fp32 broadcast, the
+two-way broadcasts, then the one-way runs and the two-way unicasts. It prints the table,
+writes it to docs/RESULTS.md (section "bits_to_accuracy") and plots
+docs/bits_to_accuracy/accuracy_vs_bits.png.
 
     python examples/bits_to_accuracy.py [--rounds 300] [--codecs fp32 topk ...] [--two-way stc ...]
+        [--broadcast stc ...]
 """
 
 from __future__ import annotations
@@ -47,7 +56,8 @@ FLOOR_RATIO = 100.0
 """The floor: some run reaches the target with this many times fewer total bits than fp32."""
 TWO_WAY = ["fp16", "qsgd", "topk", "stc", "scaled_sign", "signxor", "pipeline"]
 """Codecs also run with themselves on the downlink (the server's error memory where the codec
-has error feedback). LGC plans rounds across clients and has no single-decoder downlink."""
+has error feedback), under each delivery. LGC plans rounds across clients and has no
+single-decoder downlink."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +69,25 @@ class Arm:
     codec: str
     downlink: str | None
     """The broadcast's codec; None: the model is sent as it is."""
+    delivery: str = "unicast"
+    """`Compressed`'s downlink_delivery: what the downlink's bytes count."""
+
+    @property
+    def reference(self) -> str:
+        """The key of fp32's run under this arm's delivery."""
+        return REFERENCE if self.delivery == "unicast" else f"{REFERENCE} broadcast"
 
 
-def arms(codecs: list[str], two_way: list[str]) -> list[Arm]:
-    """The reference first, then each codec one way, then the two-way runs, in registry order."""
-    one = [REFERENCE, *(c for c in codecs if c != REFERENCE)]
-    return [Arm(c, c, None) for c in one] + [Arm(f"{c} two-way", c, c) for c in two_way]
+def arms(codecs: list[str], two_way: list[str], broadcast: list[str]) -> list[Arm]:
+    """fp32 under both deliveries, the two-way broadcasts, then each codec one way and the two-way
+    unicasts (in the order given): the runs the floor needs come first."""
+    one = [c for c in codecs if c != REFERENCE]
+    return (
+        [Arm(REFERENCE, REFERENCE, None), Arm(f"{REFERENCE} broadcast", REFERENCE, None, "broadcast")]
+        + [Arm(f"{c} two-way broadcast", c, c, "broadcast") for c in broadcast]
+        + [Arm(c, c, None) for c in one]
+        + [Arm(f"{c} two-way", c, c) for c in two_way]
+    )
 
 
 @dataclass(frozen=True)
@@ -111,10 +134,14 @@ def fewer(base: dict | None, hit: dict | None, bits: str) -> float | None:
     return None if base is None or hit is None else base[bits] / hit[bits]
 
 
-def floor(curves: dict[str, Curve], target: float) -> tuple[str | None, float | None]:
-    """The run (not the reference) with the most times fewer total bits to the target, and that ratio."""
-    base = curves[REFERENCE].to_target(target)
-    ratios = {k: fewer(base, c.to_target(target), "total_bits") for k, c in curves.items() if k != REFERENCE}
+def floor(arms_: list[Arm], curves: dict[str, Curve], target: float) -> tuple[str | None, float | None]:
+    """The run (not a reference) with the most times fewer total bits to the target than fp32
+    under its delivery, and that ratio."""
+    ratios = {
+        a.key: fewer(curves[a.reference].to_target(target), curves[a.key].to_target(target), "total_bits")
+        for a in arms_
+        if a.key != a.reference
+    }
     ratios = {k: r for k, r in ratios.items() if r is not None}
     best = max(ratios, key=ratios.get, default=None)
     return best, ratios.get(best)
@@ -125,15 +152,14 @@ def ratio_cell(ratio: float | None) -> str:
 
 
 def table(arms_: list[Arm], curves: dict[str, Curve], target: float) -> list[str]:
-    base = curves[REFERENCE].to_target(target)
     lines = [
-        "| run | uplink codec | downlink codec | final accuracy | rounds to target | uplink Mbit to target "
-        "| total Mbit to target | fewer total bits than fp32 | fewer uplink bits than fp32 "
-        "| downlink share of total |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | uplink codec | downlink codec | delivery | final accuracy | rounds to target "
+        "| uplink Mbit to target | total Mbit to target | fewer total bits than fp32 "
+        "| fewer uplink bits than fp32 | downlink share of total |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm in arms_:
-        c = curves[arm.key]
+        c, base = curves[arm.key], curves[arm.reference].to_target(target)
         hit = c.to_target(target)
         cells = (
             [f"{hit['round']}", f"{hit['uplink_bits'] / 1e6:.3f}", f"{hit['total_bits'] / 1e6:.3f}"]
@@ -143,7 +169,8 @@ def table(arms_: list[Arm], curves: dict[str, Curve], target: float) -> list[str
         )
         share = 1 - c.uplink_bits[-1] / c.total_bits[-1]
         lines.append(
-            f"| {arm.key} | `{arm.codec}` | `{arm.downlink or 'none (fp32 model)'}` | {c.final_accuracy:.4f} "
+            f"| {arm.key} | `{arm.codec}` | `{arm.downlink or 'none (fp32 model)'}` | {arm.delivery} "
+            f"| {c.final_accuracy:.4f} "
             f"| {' | '.join(cells)} | {share:.1%} |"
         )
     return lines
@@ -158,18 +185,20 @@ def plot(arms_: list[Arm], curves: dict[str, Curve], target: float, output: Path
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 6), sharey=True)
     colours = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
-    # A two-way run takes its codec's one-way colour, dashed.
-    index = {arm.codec: i for i, arm in enumerate(arms_) if arm.downlink is None}
+    # A two-way run takes its codec's one-way colour: dashed under unicast, dotted under broadcast.
+    index = {
+        arm.codec: i for i, arm in enumerate(arms_) if arm.downlink is None and arm.delivery == "unicast"
+    }
     for ax, bits, label in [
         (axes[0], "total_bits", "cumulative total bits, uplink + downlink (all clients)"),
         (axes[1], "uplink_bits", "cumulative uplink bits (all clients)"),
     ]:
         for i, arm in enumerate(arms_):
             c = curves[arm.key]
-            style = "--" if arm.downlink else "-"
+            style = ":" if arm.delivery == "broadcast" else "--" if arm.downlink else "-"
             colour = colours[index.get(arm.codec, i) % len(colours)]
             ax.plot(getattr(c, bits), c.accuracy, style, lw=1.2, color=colour, label=arm.key)
-        ax.axhline(target, color="k", lw=0.8, ls=":", label="target")
+        ax.axhline(target, color="k", lw=0.8, ls="-.", label="target")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
@@ -190,7 +219,7 @@ def report(
     arms_: list[Arm], curves: dict[str, Curve], args: argparse.Namespace, argv: list[str] | None
 ) -> str:
     target = target_of(curves[REFERENCE])
-    best, ratio = floor(curves, target)
+    best, ratio = floor(arms_, curves, target)
     met = ratio is not None and ratio >= FLOOR_RATIO
     lines = [
         "## Bits to accuracy: every codec, both directions counted",
@@ -200,13 +229,16 @@ def report(
         f"{args.seed}, inline engine. Every codec with its default config; '<codec> two-way': the same "
         "codec on the downlink. Bits: payload bytes as rounds.csv records them (headers, key frames "
         f"and side information included), all clients. Accuracy: test accuracy averaged over the last "
-        f"{args.window} rounds. Target: fp32's final accuracy − 0.5 points = {target:.4f}.",
+        f"{args.window} rounds. Target: fp32's final accuracy − 0.5 points = {target:.4f}. Delivery "
+        "unicast: each client's message counted (Flower's); broadcast: one transmission a round "
+        "reaches every client, counted once (each ratio is against fp32 under the same delivery).",
         "",
         f"Generated by `{experiment.command('bits_to_accuracy.py', argv)}`.",
         "",
         *table(arms_, curves, target),
         "",
-        f"Floor (a codec reaches the target with ≥ {FLOOR_RATIO:g}× fewer total bits than fp32): "
+        f"Floor (a codec reaches the target with ≥ {FLOOR_RATIO:g}× fewer total bits than fp32 under "
+        "the same delivery): "
         + ("met" if met else "NOT met")
         + (f"; best: {best}, {ratio:.3g}× fewer." if best else "; no codec reached the target."),
     ]
@@ -220,7 +252,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--codecs", nargs="+", choices=names, default=names, help="one-way runs (fp32 always)"
     )
-    parser.add_argument("--two-way", nargs="*", choices=names, default=TWO_WAY, help=f"default: {TWO_WAY}")
+    parser.add_argument(
+        "--two-way", nargs="*", choices=names, default=TWO_WAY, help=f"two-way, unicast (default: {TWO_WAY})"
+    )
+    parser.add_argument(
+        "--broadcast",
+        nargs="*",
+        choices=names,
+        default=TWO_WAY,
+        help="two-way, broadcast (default: the same)",
+    )
     parser.add_argument("--dataset", choices=["fashion-mnist", "digits"], default="fashion-mnist")
     parser.add_argument("--data-dir", help="Fashion-MNIST's IDX files (see TaskConfig.data_dir)")
     parser.add_argument("--clients", type=int, default=100)
@@ -240,7 +281,7 @@ def main(argv: list[str] | None = None) -> str:
         seed=args.seed,
         data_dir=args.data_dir,
     )
-    arms_ = arms(args.codecs, args.two_way)
+    arms_ = arms(args.codecs, args.two_way, args.broadcast)
     runs = [
         experiment.Run(
             arm.key,
@@ -248,6 +289,7 @@ def main(argv: list[str] | None = None) -> str:
                 task=task,
                 codec=arm.codec,
                 downlink=arm.downlink,
+                downlink_delivery=arm.delivery,
                 rounds=args.rounds,
                 fraction=args.fraction,
                 seed=args.seed,

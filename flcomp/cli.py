@@ -104,6 +104,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--strategy", choices=sorted(STRATEGIES), default=defaults.strategy)
     run.add_argument("--downlink", default=None, help='downlink codec, e.g. "fp16" (default: none)')
     run.add_argument(
+        "--downlink-delivery",
+        choices=["unicast", "broadcast"],
+        default=defaults.downlink_delivery,
+        help="unicast: one message per client (Flower's); broadcast: one transmission a round reaches "
+        "every client, its bytes counted once",
+    )
+    run.add_argument(
         "--channel",
         default=None,
         help="simulated wireless network, e.g. urban-sub6, iot-lowpower, "
@@ -189,6 +196,7 @@ def run_config(args: argparse.Namespace, codec: str):
             task=task,
             codec=codec,
             downlink=args.downlink,
+            downlink_delivery=args.downlink_delivery,
             channel=channel,
             strategy=args.strategy,
             rounds=args.rounds,

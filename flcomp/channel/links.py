@@ -64,6 +64,11 @@ class LinkModel(ABC):
     ) -> dict[int, LinkQuality]:
         """Each scheduled client's link this round (`clients` are stable client ids)."""
 
+    def broadcast_qualities(self, server_round: int, clients: Sequence[int]) -> dict[int, LinkQuality]:
+        """Each client's downlink this round when one transmission takes the whole downlink (a
+        broadcast). The default, for links whose rate no client shares: the downlink's qualities."""
+        return self.qualities(server_round, clients, "downlink")
+
 
 class IdealLink(LinkModel):
     """Infinite rate, no delay, no errors, no energy."""
@@ -170,8 +175,40 @@ class CellLink(LinkModel):
     def qualities(self, server_round, clients, direction):
         if not clients:
             return {}
+        band = self.bandwidth_hz if direction == "uplink" else self.downlink_bandwidth_hz
+        received, power, nf = self._received(server_round, clients, direction)
+        n = len(clients)
+        share = np.full(n, band if self.sharing == "dedicated" else band / n)
+        if self.sharing == "proportional-fair":
+            at_equal, _ = self._rates(received, share, nf)
+            average = np.array([self._average.get((direction, c), r) for c, r in zip(clients, at_equal)])
+            weight = at_equal / average
+            share = band * weight / weight.sum()
+        rate, snr = self._rates(received, share, nf)
+        if self.sharing == "proportional-fair":
+            step = 1.0 / self.fair_window
+            for c, r, a in zip(clients, rate, average):
+                self._average[(direction, c)] = (1 - step) * a + step * r
+        return {
+            c: LinkQuality(float(r), self.latency_s, float(s), power) for c, r, s in zip(clients, rate, snr)
+        }
+
+    def broadcast_qualities(self, server_round, clients):
+        """The whole downlink band for every client, at this round's fading (the unicast draws)."""
+        if not clients:
+            return {}
+        received, power, nf = self._received(server_round, clients, "downlink")
+        rate, snr = self._rates(received, np.full(len(clients), self.downlink_bandwidth_hz), nf)
+        return {
+            c: LinkQuality(float(r), self.latency_s, float(s), power) for c, r, s in zip(clients, rate, snr)
+        }
+
+    def _received(
+        self, server_round: int, clients: Sequence[int], direction: Direction
+    ) -> tuple[np.ndarray, float, float]:
+        """Each client's received power this round (W), the transmit power (W) and the
+        receiver's noise figure (dB)."""
         up = direction == "uplink"
-        band = self.bandwidth_hz if up else self.downlink_bandwidth_hz
         power = float(radio.dbm_to_watts(self.ue_power_dbm if up else self.bs_power_dbm))
         nf = self.bs_noise_figure_db if up else self.ue_noise_figure_db  # the receiver's
         d = DIRECTIONS.index(direction)
@@ -183,27 +220,12 @@ class CellLink(LinkModel):
                 for c in clients
             ]
         )
-        received = power * np.array([self.gain(c) for c in clients]) * h2  # W
+        return power * np.array([self.gain(c) for c in clients]) * h2, power, nf
 
-        def rates(share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            snr = received / radio.noise_watts(share, nf)
-            return np.minimum(radio.shannon_rate(share, snr), share * self.max_bits_per_hz), snr
-
-        n = len(clients)
-        share = np.full(n, band if self.sharing == "dedicated" else band / n)
-        if self.sharing == "proportional-fair":
-            at_equal, _ = rates(share)
-            average = np.array([self._average.get((direction, c), r) for c, r in zip(clients, at_equal)])
-            weight = at_equal / average
-            share = band * weight / weight.sum()
-        rate, snr = rates(share)
-        if self.sharing == "proportional-fair":
-            step = 1.0 / self.fair_window
-            for c, r, a in zip(clients, rate, average):
-                self._average[(direction, c)] = (1 - step) * a + step * r
-        return {
-            c: LinkQuality(float(r), self.latency_s, float(s), power) for c, r, s in zip(clients, rate, snr)
-        }
+    def _rates(self, received: np.ndarray, share: np.ndarray, nf: float) -> tuple[np.ndarray, np.ndarray]:
+        """Rates (bit/s) and SNRs at bandwidths `share` (Hz)."""
+        snr = received / radio.noise_watts(share, nf)
+        return np.minimum(radio.shannon_rate(share, snr), share * self.max_bits_per_hz), snr
 
 
 @dataclass

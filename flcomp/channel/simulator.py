@@ -8,10 +8,19 @@ downlink is lost never trains; one whose uplink is lost or late is not aggregate
 Client energy is uplink transmit power × airtime plus compute power × compute time,
 both counted only up to the deadline (a straggler stops there); the server's is the
 downlink's transmit power × airtime.
+
+A round may open with a broadcast: bits common to the clients that hear it, sent once
+over the whole downlink band at the rate the worst of them decodes (each client's
+rate at the whole band, this round's fading: the base station picks the rate from
+its clients' channel reports). Each listener receives it at its own SNR (its own
+loss draw, and airtime where packets are resent); the transmitter is on for the
+longest of them, once, whatever the number of listeners. Per-client (unicast) bits
+follow the broadcast, sharing the band as the link model says.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +39,9 @@ class ClientLoad:
     """Training samples processed (for the per-sample device model)."""
     measured_compute_s: float = 0.0
     """Wall seconds the client reported for training (for the measured model)."""
+    hears_broadcast: bool = False
+    """Whether the client needs the round's broadcast (`run_round`'s broadcast_bits) besides
+    its own downlink_bits."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +83,12 @@ class ClientOutcome:
     compute_s: float
     uplink_s: float
     downlink_airtime_s: float
+    """Of the client's own downlink bits (the broadcast's is the round's, `RoundReport`)."""
     uplink_airtime_s: float
     energy_j: float
     """The client's: uplink transmission and compute, up to the deadline."""
     downlink_energy_j: float
-    """The server's, sending this client its model."""
+    """The server's, sending this client its own downlink bits."""
 
     @property
     def finish_s(self) -> float:
@@ -89,6 +102,10 @@ class RoundReport:
     seconds: float
     """The round's length on the virtual clock."""
     clients: dict[int, ClientOutcome]
+    broadcast_airtime_s: float = 0.0
+    """The broadcast transmitter's airtime, once for all listeners (0 without a broadcast)."""
+    broadcast_energy_j: float = 0.0
+    """The server's energy for the broadcast, up to the deadline."""
 
     @property
     def delivered(self) -> int:
@@ -104,7 +121,8 @@ class RoundReport:
 
     @property
     def downlink_airtime_s(self) -> float:
-        return sum(o.downlink_airtime_s for o in self.clients.values())
+        """Every client's own downlink airtime, plus the broadcast's once."""
+        return self.broadcast_airtime_s + sum(o.downlink_airtime_s for o in self.clients.values())
 
     @property
     def energy_j(self) -> float:
@@ -112,7 +130,8 @@ class RoundReport:
 
     @property
     def downlink_energy_j(self) -> float:
-        return sum(o.downlink_energy_j for o in self.clients.values())
+        """The server's: every client's own downlink and the broadcast once."""
+        return self.broadcast_energy_j + sum(o.downlink_energy_j for o in self.clients.values())
 
 
 class ChannelSimulator:
@@ -157,16 +176,32 @@ class ChannelSimulator:
         if isinstance(self.link, CellLink):
             self.link._average = averages
 
-    def run_round(self, server_round: int, loads: Mapping[int, ClientLoad]) -> RoundReport:
-        """The round's outcome for the clients in `loads` (keyed by stable client id)."""
+    def run_round(
+        self, server_round: int, loads: Mapping[int, ClientLoad], broadcast_bits: int = 0
+    ) -> RoundReport:
+        """The round's outcome for the clients in `loads` (keyed by stable client id), opened by a
+        broadcast of `broadcast_bits` to those that hear it (see the module docstring)."""
         for c, load in loads.items():
             if min(load.downlink_bits, load.uplink_bits, load.samples, load.measured_compute_s) < 0:
                 raise ValueError(f"client {c}: negative load {load}")
+        if not broadcast_bits >= 0:
+            raise ValueError(f"negative broadcast: {broadcast_bits} bits")
         clients = sorted(loads)
+        listeners = [c for c in clients if loads[c].hears_broadcast]
+        heard, power = self._broadcast(server_round, listeners, broadcast_bits)
+        on_air = max((t.airtime_s for t, _ in heard.values()), default=0.0)
         down_links = self.link.qualities(server_round, clients, "downlink")
-        down = {
-            c: self._send(server_round, c, loads[c].downlink_bits, down_links[c], "downlink") for c in clients
-        }
+        down = {}
+        for c in clients:
+            if c in heard and not loads[c].downlink_bits:  # the broadcast is all it receives
+                t, own_s = heard[c]
+                own = Transmission(t.delivered, 0.0, t.reason and f"broadcast {t.reason}")
+            else:
+                own, own_s = self._send(server_round, c, loads[c].downlink_bits, down_links[c], "downlink")
+                own_s += on_air if loads[c].downlink_bits else 0.0  # its own bits follow the broadcast
+                if c in heard and not heard[c][0].delivered:
+                    own = Transmission(False, own.airtime_s, f"broadcast {heard[c][0].reason}")
+            down[c] = own, own_s
         trained = [c for c in clients if down[c][0].delivered]
         up_links = self.link.qualities(server_round, trained, "uplink")
         outcomes = {}
@@ -182,13 +217,30 @@ class ChannelSimulator:
             )
         finish = max((o.finish_s for o in outcomes.values()), default=0.0)
         seconds = finish if self.deadline_s is None else min(finish, self.deadline_s)
-        return RoundReport(seconds, outcomes)
+        end = math.inf if self.deadline_s is None else self.deadline_s
+        return RoundReport(seconds, outcomes, on_air, power * min(on_air, end))
+
+    def _broadcast(
+        self, server_round: int, listeners: list[int], bits: int
+    ) -> tuple[dict[int, tuple[Transmission, float]], float]:
+        """Each listener's reception of a broadcast of `bits` and its duration (latency +
+        airtime), and the transmitter's power in W."""
+        if not (listeners and bits):
+            return {}, 0.0
+        links = self.link.broadcast_qualities(server_round, listeners)
+        rate = min(q.rate_bps for q in links.values())
+        heard = {
+            c: self._send(server_round, c, bits, dataclasses.replace(links[c], rate_bps=rate), "broadcast")
+            for c in listeners
+        }
+        return heard, links[listeners[0]].tx_power_w
 
     def _send(
-        self, server_round: int, client: int, bits: int, link: LinkQuality, direction: Direction
+        self, server_round: int, client: int, bits: int, link: LinkQuality, direction: Direction | str
     ) -> tuple[Transmission, float]:
-        """The transmission and its duration (latency + airtime)."""
-        rng = stream(self.seed, LOSS, client, server_round, DIRECTIONS.index(direction))
+        """The transmission and its duration (latency + airtime); `direction` "broadcast" draws
+        from a stream of its own."""
+        rng = stream(self.seed, LOSS, client, server_round, (*DIRECTIONS, "broadcast").index(direction))
         t = self.loss.transmit(bits, link, rng)
         return t, link.latency_s + t.airtime_s
 

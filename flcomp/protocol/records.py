@@ -35,6 +35,8 @@ DOWNLINK_VERSION = "flcomp.downlink-version"
 """ConfigRecord key: the replica version (round) the message's arrays describe."""
 DOWNLINK_BASE = "flcomp.downlink-base"
 """ConfigRecord key: the replica version a downlink payload applies to (-1: a key frame)."""
+DOWNLINK_PAYLOADS = "flcomp.downlink-payloads"
+"""ConfigRecord key: how many payloads the downlink message carries (0 for a key frame alone)."""
 SEED = "flcomp.seed"
 """ConfigRecord key: the run's seed, from which each client's encoder seed derives."""
 ROUND = "flcomp.round"
@@ -48,7 +50,8 @@ DOWNLINK_FINGERPRINT = "flcomp.downlink-fingerprint"
 """ConfigRecord key of a key frame: the fingerprint of the decoder state it carries."""
 
 PAYLOAD = "flcomp.payload"
-"""ArrayRecord key of the payload in a reply."""
+"""ArrayRecord key of the payload in a reply, and of the last (or only) payload of a downlink
+message; a catch-up's earlier ones are "flcomp.payload.0", ".1", ... (`catch_up_keys`)."""
 STYPE_PREFIX = "flcomp/"
 """Payload Arrays' stype: "flcomp/<codec name>"."""
 STATE_PREFIX = "flcomp.downlink-state/"
@@ -100,6 +103,16 @@ def record_nbytes(record: ArrayRecord) -> int:
 def payload_array(codec: Codec, payload: bytes) -> Array:
     """A payload as an Array that Flower forwards untouched."""
     return Array(dtype="uint8", shape=(len(payload),), stype=STYPE_PREFIX + codec.name, data=payload)
+
+
+def catch_up_keys(n: int) -> list[str]:
+    """The ArrayRecord keys of a downlink message's n payloads, oldest first (PAYLOAD last)."""
+    return [f"{PAYLOAD}.{i}" for i in range(n - 1)] + [PAYLOAD] if n else []
+
+
+def is_payload_key(key: str) -> bool:
+    """Whether `key` names a payload (`catch_up_keys`) rather than a model or state array."""
+    return key == PAYLOAD or key.startswith(PAYLOAD + ".")
 
 
 def the_record(records: Iterable[tuple[str, ArrayRecord]]) -> tuple[str, ArrayRecord]:

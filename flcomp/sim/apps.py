@@ -113,6 +113,7 @@ def serve(
         inner,
         codec=config.codec,
         downlink=config.downlink,
+        downlink_delivery=config.downlink_delivery,
         channel=config.channel,
         seed=config.seed,
         max_client_states=config.max_client_states,

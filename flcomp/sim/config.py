@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from flcomp.strategies.downlink import DELIVERIES
 from flcomp.tasks import TaskConfig
 
 STRATEGIES: dict[str, tuple[type[Strategy], dict]] = {
@@ -28,6 +29,10 @@ class RunConfig:
     """Uplink codec, as `flcomp.codecs.Codec.parse` reads it."""
     downlink: str | None = None
     """Downlink codec for the server's broadcast (None: the model is sent as it is)."""
+    downlink_delivery: str = "unicast"
+    """How the model or the downlink payloads travel and are counted (`Compressed`'s
+    `downlink_delivery`): "unicast", one message per client (Flower's), or "broadcast", one
+    transmission a round for the whole population."""
     channel: str | None = None
     """Simulated wireless network, as `flcomp.channel.Channel.parse` reads it (None: no
     network; rounds then have no virtual time or energy)."""
@@ -59,6 +64,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")
+        if self.downlink_delivery not in DELIVERIES:
+            raise ValueError(f"unknown downlink delivery {self.downlink_delivery!r}; one of {DELIVERIES}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; one of {ENGINES}")
         if not self.rounds >= 1:

@@ -98,8 +98,12 @@ class Run:
 def finished(r: Run) -> bool:
     """Whether `r.directory` holds a finished run of `r.config`."""
     config = r.directory / "config.json"
-    done = (r.directory / "summary.json").exists() and config.exists()
-    return done and json.loads(config.read_text()) == r.config.as_dict()
+    if not ((r.directory / "summary.json").exists() and config.exists()):
+        return False
+    try:  # a config written before a field was added holds that field's default
+        return RunConfig.from_dict(json.loads(config.read_text())) == r.config
+    except (TypeError, ValueError, KeyError):
+        return False
 
 
 def run_all(runs: Iterable[Run], quiet: bool = False, resume: bool = False) -> dict[str, Rows]:

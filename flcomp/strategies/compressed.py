@@ -39,7 +39,7 @@ from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
 from flcomp.protocol.snapshot import Snapshot, SnapshotError, spec_from_json, spec_to_json
 from flcomp.strategies import uplink
-from flcomp.strategies.downlink import Broadcast
+from flcomp.strategies.downlink import DELIVERIES, Broadcast, Delivery, on_air
 from flcomp.strategies.network import apply_channel
 from flcomp.strategies.replies import ClientIds, check_evaluate, check_train, weight
 from flcomp.strategies.traffic import RoundTraffic
@@ -65,6 +65,11 @@ class Compressed(Strategy):
     nodes are. An evicted client that returns is resynchronised by key frames: its encoder's
     fingerprint no longer matches the fresh decoder, and the downlink sends it the replica in
     full. None: no bound (the server's memory grows with every client that ever took part).
+
+    `downlink_delivery` says how the model or the downlink payloads travel: "unicast" (Flower's:
+    every message its own transmission, counted per client) or "broadcast" (one transmission a
+    round reaches the whole population, counted once; see `flcomp.strategies.downlink`; on a
+    channel, sent at the rate the worst listener decodes, `flcomp.channel.simulator`).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Compressed(Strategy):
         channel: Channel | str | None = None,
         seed: int = 0,
         max_client_states: int | None = None,
+        downlink_delivery: Delivery = "unicast",
     ) -> None:
         if max_client_states is not None and (
             isinstance(max_client_states, bool)
@@ -85,7 +91,14 @@ class Compressed(Strategy):
         self.max_client_states = max_client_states
         self.strategy = strategy
         self.codec = _as_codec(codec)
-        self.broadcast = Broadcast(_as_codec(downlink), seed=seed) if downlink is not None else None
+        if downlink_delivery not in DELIVERIES:
+            raise ValueError(f"unknown downlink delivery {downlink_delivery!r}; one of {DELIVERIES}")
+        self.downlink_delivery = downlink_delivery
+        self.broadcast = (
+            Broadcast(_as_codec(downlink), seed=seed, delivery=downlink_delivery)
+            if downlink is not None
+            else None
+        )
         """The compressed downlink, or None: clients then receive the model as it is."""
         self.channel = Channel.parse(channel) if isinstance(channel, str) else channel
         self._network = self.channel.simulator(seed) if self.channel is not None else None
@@ -129,6 +142,8 @@ class Compressed(Strategy):
         traffic = self.traffic[server_round] = RoundTraffic()
         if self.broadcast is not None:
             traffic.downlink_stats = dict(self.broadcast.stats)
+        if messages and self.downlink_delivery == "broadcast":  # on the air once, for everyone
+            traffic.add_broadcast(self.broadcast.broadcast_bytes if self.broadcast else on_air(arrays))
         side = self.pool.plan_round(server_round, [str(m.metadata.dst_node_id) for m in messages])
         for m in messages:
             self._instruct(m, server_round, len(messages), side.get(str(m.metadata.dst_node_id)), traffic)
@@ -286,9 +301,14 @@ class Compressed(Strategy):
         m.content = RecordDict(dict(m.content.items()))
         for key, record in list(m.content.array_records.items()):
             if self.broadcast is not None:
-                record = m.content[key] = self.broadcast.record_for(node)
-                instructions |= self.broadcast.instructions(record)
-            traffic.add_downlink(node, sum(len(a.data) for a in record.values()))
+                sent = self.broadcast.send(node)
+                m.content[key], unicast, hears = sent.record, sent.unicast_bytes, sent.hears_broadcast
+                instructions |= sent.instructions
+            else:
+                unicast, hears = (on_air(record), False) if self.downlink_delivery == "unicast" else (0, True)
+            traffic.add_downlink(node, unicast)
+            if hears:
+                traffic.hears_broadcast.add(node)
         if side:  # the codec's side information for this client's encoder
             instructions[records.SIDE] = side
             traffic.add_downlink(node, len(side), side=True)
@@ -336,7 +356,7 @@ class Compressed(Strategy):
                 pool = self.codec.decoder_pool(spec, seed=self.seed)
                 pool.load_state_dict(state.state("pool"))
             if self.broadcast is not None:
-                broadcast = Broadcast(self.broadcast.codec, seed=self.seed)
+                broadcast = Broadcast(self.broadcast.codec, seed=self.seed, delivery=self.downlink_delivery)
                 broadcast.load_state_dict(state.part("broadcast"))
             if self._network is not None:
                 network = self.channel.simulator(self.seed)
@@ -355,12 +375,13 @@ class Compressed(Strategy):
 
     @property
     def _made_with(self) -> dict:
-        """What a saved state must match: codec, downlink, channel and seed."""
+        """What a saved state must match: codec, downlink, channel, seed and downlink delivery."""
         return {
             "codec": self.codec.describe(),
             "downlink": self.broadcast.codec.describe() if self.broadcast is not None else None,
             "channel": self.channel.describe() if self.channel is not None else None,
             "seed": self.seed,
+            "downlink_delivery": self.downlink_delivery,
         }
 
 

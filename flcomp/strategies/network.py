@@ -1,10 +1,11 @@
 """A round on the simulated wireless network (`flcomp.channel`): who it drops.
 
-Each client's real downlink and uplink bytes, and its training work, go through the
-channel's links, losses, clock and deadline. A client whose model or update is lost
-or late is dropped like a failed client. The channel keys clients by their stable id
-(partition-id, checked by `flcomp.strategies.replies.ClientIds`), so runs with the
-same seed see the same placements and fading whatever the codec.
+Each client's real downlink and uplink bytes (and the round's broadcast, under broadcast
+delivery), and its training work, go through the channel's links, losses, clock and
+deadline. A client whose model or update is lost or late is dropped like a failed
+client. The channel keys clients by their stable id (partition-id, checked by
+`flcomp.strategies.replies.ClientIds`), so runs with the same seed see the same
+placements and fading whatever the codec.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def apply_channel(
             uplink_bits=8 * len(upload.payload),
             samples=int(_reported(upload.metrics.get("num-examples"))),
             measured_compute_s=_reported(upload.metrics.get(records.TRAIN_SECONDS)),
+            hears_broadcast=node in traffic.hears_broadcast,
         )
-    report = traffic.channel = network.run_round(server_round, loads)
+    report = traffic.channel = network.run_round(server_round, loads, 8 * traffic.broadcast_bytes)
     model_arrived = set()
     for node in list(uploads):
         outcome = report.clients[uploads[node].client]

@@ -7,6 +7,7 @@ averaged like the inner strategy's client metrics), but for the codec state's si
     round metric                 rounds.csv column     what
     flcomp.uplink-bytes          uplink_bytes          payload bytes received
     flcomp.downlink-bytes        downlink_bytes        model arrays and side information sent
+                                                       (a broadcast counted once)
     flcomp.clients-accepted      clients_accepted      updates aggregated
     flcomp.clients-dropped       clients_dropped       updates not aggregated
     flcomp.encode-seconds        encode_seconds        encoding time the accepted clients report
@@ -23,8 +24,10 @@ averaged like the inner strategy's client metrics), but for the codec state's si
     flcomp.clients-delivered     clients_delivered     updates that arrived in time
     flcomp.clients-lost          clients_lost          updates lost or late
     flcomp.uplink-airtime-s      uplink_airtime_s      airtime summed over the clients
-    flcomp.downlink-airtime-s    downlink_airtime_s    airtime summed over the clients
+    flcomp.downlink-airtime-s    downlink_airtime_s    airtime summed over the clients (a
+                                                       broadcast's once)
     flcomp.energy-j              energy_j              the clients' energy
+    flcomp.downlink-energy-j     downlink_energy_j     the server's transmit energy
     codec stats:
     flcomp.stat.<name>           stat_<name>           the uplink encoders' `Step.stats`, over
                                                        the accepted clients
@@ -81,6 +84,7 @@ _CHANNEL_FIELDS = (
     _Field("uplink_airtime_s", "flcomp.uplink-airtime-s", lambda r: r.uplink_airtime_s),
     _Field("downlink_airtime_s", "flcomp.downlink-airtime-s", lambda r: r.downlink_airtime_s),
     _Field("energy_j", "flcomp.energy-j", lambda r: r.energy_j),
+    _Field("downlink_energy_j", "flcomp.downlink-energy-j", lambda r: r.downlink_energy_j),
 )
 """The fields of a round on a simulated network: value of its RoundReport."""
 
@@ -101,6 +105,11 @@ class RoundTraffic:
     encode_seconds: float = 0.0
     """Summed over the accepted clients, as they reported it."""
     downlink_bytes_by_node: dict[int, int] = field(default_factory=dict)
+    """Each instructed node's own downlink bytes (under broadcast delivery, besides the broadcast)."""
+    broadcast_bytes: int = 0
+    """Of downlink_bytes: those broadcast once for everyone (broadcast delivery)."""
+    hears_broadcast: set[int] = field(default_factory=set)
+    """The nodes that need the round's broadcast."""
     side_bytes: int = 0
     """Of downlink_bytes: the codec's side information for the encoders (`DecoderPool.plan_round`)."""
     channel: RoundReport | None = None
@@ -123,6 +132,11 @@ class RoundTraffic:
     def client_state_bytes(self) -> float:
         """The mean state bytes the accepted clients report (0 without any)."""
         return self.client_state_sum / self.accepted if self.accepted else 0.0
+
+    def add_broadcast(self, sent: int) -> None:
+        """Count `sent` bytes put on the air once for every client that hears them."""
+        self.broadcast_bytes += sent
+        self.downlink_bytes += sent
 
     def add_downlink(self, node: int, sent: int, side: bool = False) -> None:
         """Count `sent` bytes to `node`: model arrays, or the codec's side information if `side`."""

@@ -52,11 +52,29 @@ def test_the_floor_picks_the_run_with_most_times_fewer_total_bits(bta):
         "never": bta.Curve.of(rows_of([0.1, 0.1, 0.1], [1] * 3, [1] * 3), window=1),
         "half": bta.Curve.of(rows_of([0.8, 0.8, 0.8], [1000] * 3, [0] * 3), window=1),
     }
+    arms = [bta.Arm(k, k, None) for k in curves]
     target = bta.target_of(fp32)
-    best, ratio = bta.floor(curves, target)
+    best, ratio = bta.floor(arms, curves, target)
     assert best == "small" and ratio == pytest.approx(2000 * 2 / 30)
     assert bta.fewer(fp32.to_target(target), curves["half"].to_target(target), "total_bits") == 4
-    assert bta.floor({"fp32": fp32, "never": curves["never"]}, target) == (None, None)
+    assert bta.floor([arms[0], arms[2]], curves, target) == (None, None)  # fp32 and "never"
+
+
+def test_a_broadcast_run_is_compared_with_fp32_under_broadcast(bta):
+    fp32 = bta.Curve.of(rows_of([0.6, 0.8, 0.8], [1000] * 3, [1000] * 3), window=1)
+    fp32_broadcast = bta.Curve.of(rows_of([0.6, 0.8, 0.8], [1000] * 3, [100] * 3), window=1)
+    small = bta.Curve.of(rows_of([0.6, 0.8, 0.8], [10] * 3, [1] * 3), window=1)
+    arms = bta.arms(["fp32"], [], ["small"])
+    assert [(a.key, a.reference) for a in arms] == [
+        ("fp32", "fp32"),
+        ("fp32 broadcast", "fp32 broadcast"),
+        ("small two-way broadcast", "fp32 broadcast"),
+    ]
+    curves = {"fp32": fp32, "fp32 broadcast": fp32_broadcast, "small two-way broadcast": small}
+    assert bta.floor(arms, curves, bta.target_of(fp32)) == (
+        "small two-way broadcast",
+        pytest.approx(1100 / 11),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +82,7 @@ def ran(bta, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bits_to_accuracy")
     argv = [
         *("--dataset", "digits", "--clients", "10", "--fraction", "0.3", "--rounds", "3", "--window", "2"),
-        *("--codecs", "fp32", "stc", "topk", "--two-way", "stc", "--quiet"),
+        *("--codecs", "fp32", "stc", "topk", "--two-way", "stc", "--broadcast", "stc", "--quiet"),
         *("--out", str(tmp / "runs"), "--docs", str(tmp / "docs")),
     ]
     return tmp, argv, bta.main(argv)
@@ -87,9 +105,18 @@ def test_it_writes_its_section_table_floor_and_plot(ran):
     results = (tmp / "docs" / "RESULTS.md").read_text()
     assert "<!-- bits_to_accuracy:begin -->" in results and markdown.strip() in results
     assert (tmp / "docs" / "bits_to_accuracy" / "accuracy_vs_bits.png").stat().st_size > 0
-    assert list(table_rows(markdown)) == ["fp32", "stc", "topk", "stc two-way"]
+    assert list(table_rows(markdown)) == [
+        "fp32",
+        "fp32 broadcast",
+        "stc two-way broadcast",
+        "stc",
+        "topk",
+        "stc two-way",
+    ]
     assert "python examples/bits_to_accuracy.py --dataset digits --clients 10" in markdown
-    assert "Floor (a codec reaches the target with ≥ 100× fewer total bits than fp32): " in markdown
+    assert (
+        "Floor (a codec reaches the target with ≥ 100× fewer total bits than fp32 under the same" in markdown
+    )
 
 
 def test_the_table_counts_the_runs_bytes_both_ways(bta, ran):
@@ -97,22 +124,30 @@ def test_the_table_counts_the_runs_bytes_both_ways(bta, ran):
     table = table_rows(markdown)
     fp32 = read_csv(tmp / "runs" / "fp32" / "rounds.csv")[1:]
     final = np.mean([float(r["accuracy"]) for r in fp32[-2:]])
-    assert table["fp32"][2] == f"{final:.4f}"
+    assert table["fp32"][2:4] == ["unicast", f"{final:.4f}"]
     for key in table:
         trained = read_csv(tmp / "runs" / bta.slug(key) / "rounds.csv")[1:]
         up = sum(int(r["uplink_bytes"]) for r in trained)
         down = sum(int(r["downlink_bytes"]) for r in trained)
         assert down > 0 and table[key][-1] == f"{down / (up + down):.1%}"
-        reached = table[key][3]
+        reached = table[key][4]
         if reached != "not reached":  # the cumulative bits at that round
             upto = trained[: int(reached)]
             total = sum(int(r["uplink_bytes"]) + int(r["downlink_bytes"]) for r in upto)
-            assert table[key][5] == f"{8 * total / 1e6:.3f}"
+            assert table[key][6] == f"{8 * total / 1e6:.3f}"
     stc_one, stc_two = (read_csv(tmp / "runs" / d / "rounds.csv")[1:] for d in ("stc", "stc_two-way"))
     assert [r["uplink_bytes"] for r in stc_one][:1] == [r["uplink_bytes"] for r in stc_two][:1]
     # One way the model goes as it is; two-way, round 1 sends every client a key frame (the replica).
     assert [r["downlink_bytes"] for r in stc_one] == [r["downlink_bytes"] for r in fp32]
     assert int(stc_two[0]["downlink_bytes"]) >= int(fp32[0]["downlink_bytes"])
+    # Broadcast: the same training, the model (or the payload) once a round.
+    fp32_b, stc_b = (
+        read_csv(tmp / "runs" / d / "rounds.csv")[1:] for d in ("fp32_broadcast", "stc_two-way_broadcast")
+    )
+    assert [r["accuracy"] for r in fp32_b] == [r["accuracy"] for r in fp32]
+    assert [r["accuracy"] for r in stc_b] == [r["accuracy"] for r in stc_two]
+    assert all(3 * int(b["downlink_bytes"]) == int(u["downlink_bytes"]) for b, u in zip(fp32_b, fp32))
+    assert sum(int(r["downlink_bytes"]) for r in stc_b) < sum(int(r["downlink_bytes"]) for r in stc_two)
 
 
 def test_finished_runs_are_read_not_rerun_unless_the_config_changes(bta, ran):

@@ -1,14 +1,16 @@
 """Two-way compression: the server's broadcast with its own error memory and a stateful codec,
 client replicas and decoder states kept in sync through loss, skipped rounds and key frames."""
 
+import functools
 import random
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from test_channel_strategy import LOSSY, assert_in_sync
 from test_flower_integration import NODES, fedavg, initial, make_app
 
+from flcomp.clients import replica
 from flcomp.codecs import Codec
 from flcomp.protocol import records
 from flcomp.sim.inline import InlineGrid
@@ -42,7 +44,13 @@ def run(strategy: Compressed, app, rounds: int, seed: int = 0) -> RecordingGrid:
 
 
 def is_key_frame(record: ArrayRecord) -> bool:
-    return records.PAYLOAD not in record
+    """Whether the record carries a model (a key frame, alone or before a catch-up)."""
+    return any(a.dtype == "float32" for k, a in record.items() if not k.startswith("flcomp."))
+
+
+def payloads(record: ArrayRecord) -> list[bytes]:
+    """The record's payloads, oldest first."""
+    return [record[k].data for k in records.catch_up_keys(sum(k.startswith(records.PAYLOAD) for k in record))]
 
 
 def assert_replicas_in_sync(strategy: Compressed, grid: RecordingGrid) -> None:
@@ -125,16 +133,109 @@ def test_a_signxor_key_frame_carries_the_signs_and_its_bytes_are_counted():
 
 
 @pytest.mark.parametrize("downlink", TWO_WAY)
-def test_clients_that_skip_rounds_get_key_frames_then_payloads(downlink):
+def test_clients_that_skip_rounds_catch_up_on_the_payloads_they_missed(downlink):
     strategy = Compressed(fedavg(fraction_train=0.5), codec="signxor", downlink=downlink)
     grid = run(strategy, make_app(), rounds=12, seed=1)
     assert all(t.accepted == NODES // 2 and not t.dropped for t in strategy.traffic.values())
+    last_round, caught_up = {}, 0
+    for (t, node), record in sorted(grid.sent.items()):
+        if node not in last_round:
+            assert is_key_frame(record), (t, node)
+        elif not is_key_frame(record):  # else the payloads it missed outweigh a key frame
+            assert len(payloads(record)) == t - last_round[node], "every payload since its last round"
+            caught_up += t - last_round[node] > 1
+        assert strategy.traffic[t].downlink_bytes_by_node[node] == sum(len(a.data) for a in record.values())
+        last_round[node] = t
+    assert caught_up > 0
+    assert_replicas_in_sync(strategy, grid)
+
+
+def test_a_catch_up_longer_than_a_key_frame_is_a_key_frame():
+    """fp32 payloads are the model plus a header: two of them are longer than the replica."""
+    strategy = Compressed(fedavg(fraction_train=0.5), codec="fp32", downlink="fp32")
+    grid = run(strategy, make_app(), rounds=12, seed=1)
     last_round = {}
     for (t, node), record in sorted(grid.sent.items()):
-        assert is_key_frame(record) == (last_round.get(node) != t - 1 or t == 1), (t, node)
+        behind = t - last_round.get(node, -10)
+        assert is_key_frame(record) == (behind > 1), (t, node)
         last_round[node] = t
-    assert any(not is_key_frame(r) for r in grid.sent.values())
     assert_replicas_in_sync(strategy, grid)
+
+
+# --- broadcast delivery ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("downlink", [*TWO_WAY, None])
+def test_a_broadcast_puts_each_round_on_the_air_once(downlink):
+    strategy = Compressed(
+        fedavg(fraction_train=0.5), codec="signxor", downlink=downlink, downlink_delivery="broadcast"
+    )
+    unicast = Compressed(fedavg(fraction_train=0.5), codec="signxor", downlink=downlink)
+    grid = run(strategy, make_app(), rounds=12, seed=1)
+    run(unicast, make_app(), rounds=12, seed=1)
+    model = sum(len(a.data) for a in initial().values())
+    for t, traffic in strategy.traffic.items():
+        sent = {node: r for (s, node), r in grid.sent.items() if s == t}
+        # Key frames alone (the kept payloads no longer reach back to what a client holds) are unicast.
+        alone = {n: r for n, r in sent.items() if downlink and t > 1 and is_key_frame(r) and not payloads(r)}
+        assert traffic.downlink_bytes_by_node == {
+            node: sum(len(a.data) for a in alone[node].values()) if node in alone else 0 for node in sent
+        }
+        if downlink is None:
+            on_air = model  # the model, once
+        elif t == 1:  # the starting model and a fresh decoder's state, as every client got it
+            on_air = sum(len(a.data) for a in sent[min(sent)].values())
+        else:  # the payload, once
+            on_air = len(next(r for r in sent.values() if payloads(r))[records.PAYLOAD].data)
+        assert traffic.downlink_bytes == on_air + sum(traffic.downlink_bytes_by_node.values())
+        assert traffic.downlink_bytes <= unicast.traffic[t].downlink_bytes
+    total = [sum(t.downlink_bytes for t in s.traffic.values()) for s in (strategy, unicast)]
+    assert total[0] < total[1]
+    if downlink is not None:
+        assert_replicas_in_sync(strategy, grid)
+        # The same training either way: the same replicas, models and uplink bytes.
+        assert [t.uplink_bytes for t in strategy.traffic.values()] == [
+            t.uplink_bytes for t in unicast.traffic.values()
+        ]
+        np.testing.assert_array_equal(
+            strategy.broadcast.replica["w"].numpy(), unicast.broadcast.replica["w"].numpy()
+        )
+
+
+def test_under_broadcast_a_new_client_gets_the_starting_model_and_every_payload_since():
+    strategy = Compressed(
+        fedavg(fraction_train=0.5), codec="fp32", downlink="signxor", downlink_delivery="broadcast"
+    )
+    grid = run(strategy, make_app(), rounds=8, seed=1)
+    first = {}
+    for (t, node), record in sorted(grid.sent.items()):
+        first.setdefault(node, (t, record))
+    late = [(t, r) for t, r in first.values() if t > 1]
+    assert late, "some client is first sampled after round 1"
+    for t, record in late:
+        assert is_key_frame(record) and len(payloads(record)) == t - 1
+        np.testing.assert_array_equal(record["w"].numpy(), initial()["w"].numpy())
+    assert_replicas_in_sync(strategy, grid)
+
+
+@pytest.mark.parametrize("downlink", ["signxor", None])
+def test_a_broadcast_over_a_lossy_cell_stays_in_sync_and_takes_less_downlink_airtime(downlink):
+    make = functools.partial(Compressed, fedavg(), codec="scaled_sign", downlink=downlink, channel=LOSSY)
+    broadcast, unicast = make(downlink_delivery="broadcast"), make()
+    grid = run(broadcast, make_app(), rounds=20)
+    run(unicast, make_app(), rounds=20)
+    lost = [why for t in broadcast.traffic.values() for why in t.dropped.values() if "broadcast" in why]
+    assert lost, "some listener lost a broadcast"
+    airtime = [sum(t.channel.downlink_airtime_s for t in s.traffic.values()) for s in (broadcast, unicast)]
+    assert airtime[0] < airtime[1] / 2
+    if downlink is not None:
+        assert_replicas_in_sync(broadcast, grid)
+    assert sum(t.accepted for t in broadcast.traffic.values()) > NODES * 20 // 3
+
+
+def test_an_unknown_delivery_is_refused():
+    with pytest.raises(ValueError, match="delivery"):
+        Compressed(fedavg(), codec="fp32", downlink_delivery="multicast")
 
 
 @pytest.mark.parametrize("downlink", TWO_WAY)
@@ -170,3 +271,27 @@ def test_a_client_whose_decoder_state_is_stale_is_dropped_once_then_resynchronis
     assert is_key_frame(grid.sent[5, 102]) and not is_key_frame(grid.sent[5, 101])
     assert strategy.traffic[5].accepted == strategy.traffic[6].accepted == NODES
     assert_replicas_in_sync(strategy, grid)
+
+
+def test_a_catch_up_with_a_missing_payload_is_refused_and_changes_nothing():
+    broadcast = Broadcast(Codec.parse("signxor"))
+    rng = np.random.default_rng(2)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    for t in range(1, 5):
+        broadcast.advance(t, ArrayRecord({"w": Array(rng.standard_normal(40).astype(np.float32))}))
+        if t == 1:
+            sent = broadcast.send(1)
+            replica.receive_broadcast(sent.record, ConfigRecord(sent.instructions), context)
+    sent = broadcast.send(1)
+    assert len(payloads(sent.record)) == 3
+    held = context.state.array_records["flcomp.replica"]["w"].numpy()
+    for dropped in records.catch_up_keys(3):
+        gapped = ArrayRecord({k: a for k, a in sent.record.items() if k != dropped})
+        with pytest.raises(ValueError, match="3 payloads announced"):
+            replica.receive_broadcast(gapped, ConfigRecord(sent.instructions), context)
+    wrong_count = ConfigRecord(sent.instructions | {records.DOWNLINK_PAYLOADS: 10**9})
+    with pytest.raises(ValueError, match="announced"):
+        replica.receive_broadcast(sent.record, wrong_count, context)
+    np.testing.assert_array_equal(context.state.array_records["flcomp.replica"]["w"].numpy(), held)
+    out = replica.receive_broadcast(sent.record, ConfigRecord(sent.instructions), context)
+    np.testing.assert_array_equal(out["w"].numpy(), broadcast.replica["w"].numpy())

@@ -51,14 +51,17 @@ ROUND_TRIPS = {
     "lgc": (LGC, None, None),
     "lag": ("lag", None, None),
     "tpc": ("tpc", None, None),
+    "broadcast": (TWO_WAY[0], TWO_WAY[1], None, "broadcast"),
 }
 
 
 def make_strategy(
-    codec: str = TWO_WAY[0], downlink: str | None = TWO_WAY[1], channel=TWO_WAY[2]
+    codec: str = TWO_WAY[0], downlink: str | None = TWO_WAY[1], channel=TWO_WAY[2], delivery="unicast"
 ) -> Compressed:
     inner = FedAvg(fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=4)
-    return Compressed(inner, codec=codec, downlink=downlink, channel=channel, seed=3)
+    return Compressed(
+        inner, codec=codec, downlink=downlink, channel=channel, seed=3, downlink_delivery=delivery
+    )
 
 
 def train_round(strategy: Compressed, grid: InlineGrid, server_round: int, arrays: ArrayRecord):

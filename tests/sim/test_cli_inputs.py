@@ -134,6 +134,7 @@ def test_bad_input_is_one_line_and_exit_status_2(argv, capsys):
         (["run", "--channel", "fixed:uplink_bps=inf"], ["--channel", "uplink_bps", "finite"]),
         (["codecs", "--entries", "-5"], ["--entries", "≥ 1"]),
         (["run", "--num-clients", "0"], ["num_clients ≥ 1"]),
+        (["run", "--downlink-delivery", "multicast"], ["--downlink-delivery", "broadcast"]),
     ],
 )
 def test_the_line_says_what_was_wrong_and_what_is_allowed(argv, says, capsys):
@@ -338,6 +339,7 @@ def test_task_config_refuses_bad_values(kwargs):
         dict(client_cpus=INF),
         dict(client_cpus=0.0),
         dict(seed=-1),
+        dict(downlink_delivery="multicast"),
     ],
 )
 def test_run_config_refuses_bad_values(kwargs):

@@ -3,6 +3,8 @@ stats from rounds.csv, publishing a section and the shared table cells."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,12 @@ def test_runs_are_run_resumed_plotted_and_published(tmp_path, capsys):
     assert experiment.stat_sum(out["topk"], "entries_sent") > 0  # what the top-k encoders reported
     assert experiment.stat_sum(out["fp32"], "entries_sent") is None
     assert all(experiment.finished(r) for r in runs)
+    config = runs[0].directory / "config.json"  # as a run written before a field existed left it
+    config.write_text(
+        json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "downlink_delivery"})
+    )
+    assert experiment.finished(runs[0])
+    assert not experiment.finished(dataclasses.replace(runs[0], config=RunConfig(task=task, rounds=3)))
     written = (runs[0].directory / "rounds.csv").stat().st_mtime_ns
     experiment.run_all(runs[:1], quiet=True, resume=True)
     assert (runs[0].directory / "rounds.csv").stat().st_mtime_ns == written  # kept, not rerun
