@@ -118,6 +118,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         '"trace:path=bw.csv" (default: none)',
     )
     run.add_argument(
+        "--budget",
+        default=None,
+        help='bit budget per client: "deadline" sizes each payload to what its link carries by the '
+        "channel's deadline (top-k, STC); needs --channel and --deadline (default: none)",
+    )
+    run.add_argument(
         "--deadline",
         type=number(low=0, above=True),
         default=None,
@@ -197,6 +203,7 @@ def run_config(args: argparse.Namespace, codec: str):
             codec=codec,
             downlink=args.downlink,
             downlink_delivery=args.downlink_delivery,
+            budget=args.budget,
             channel=channel,
             strategy=args.strategy,
             rounds=args.rounds,

@@ -55,6 +55,8 @@ NAMES = available()
 
 EXTRA_CONFIGS = [
     codec("qsgd", coding="range"),
+    codec("scaled_sign", ef_decay=0.9),
+    codec("signxor", lam=1, ef_decay=0.9),
     codec("topk", value_dtype="float16"),
     codec("randomk", unbiased=True, error_feedback=False),
     codec("lag", rule="relative", xi=0.5),

@@ -64,6 +64,20 @@ class LinkModel(ABC):
     ) -> dict[int, LinkQuality]:
         """Each scheduled client's link this round (`clients` are stable client ids)."""
 
+    def planned_qualities(
+        self,
+        server_round: int,
+        clients: Sequence[int],
+        direction: Direction,
+        outage: float,
+        shared: bool = True,
+    ) -> dict[int, LinkQuality]:
+        """Each scheduled client's link as the server can plan it before the round: what the
+        link carries at least with probability 1 − `outage`, from what is known before the
+        fading draw; `shared=False`: with the whole band (a broadcast's). The default, for links
+        without fading or sharing: their qualities (no state changes)."""
+        return self.qualities(server_round, clients, direction)
+
     def broadcast_qualities(self, server_round: int, clients: Sequence[int]) -> dict[int, LinkQuality]:
         """Each client's downlink this round when one transmission takes the whole downlink (a
         broadcast). The default, for links whose rate no client shares: the downlink's qualities."""
@@ -189,6 +203,24 @@ class CellLink(LinkModel):
             step = 1.0 / self.fair_window
             for c, r, a in zip(clients, rate, average):
                 self._average[(direction, c)] = (1 - step) * a + step * r
+        return {
+            c: LinkQuality(float(r), self.latency_s, float(s), power) for c, r, s in zip(clients, rate, snr)
+        }
+
+    def planned_qualities(self, server_round, clients, direction, outage, shared=True):
+        """Large-scale gain (path loss, shadowing) and the fading gain exceeded with probability
+        1 − `outage`, at an equal share of the band (the whole band if dedicated or not shared)."""
+        if not clients:
+            return {}
+        up = direction == "uplink"
+        band = self.bandwidth_hz if up else self.downlink_bandwidth_hz
+        power = float(radio.dbm_to_watts(self.ue_power_dbm if up else self.bs_power_dbm))
+        nf = self.bs_noise_figure_db if up else self.ue_noise_figure_db
+        h2 = radio.fading_quantile(self.fading, self.rician_k, outage)
+        received = power * np.array([self.gain(c) for c in clients]) * h2
+        whole = self.sharing == "dedicated" or not shared
+        share = np.full(len(clients), band if whole else band / len(clients))
+        rate, snr = self._rates(received, share, nf)
         return {
             c: LinkQuality(float(r), self.latency_s, float(s), power) for c, r, s in zip(clients, rate, snr)
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 from scipy.special import erfc
 
 Fading = Literal["none", "rayleigh", "rician"]
@@ -57,6 +58,25 @@ def fading_gain(rng: np.random.Generator, fading: Fading, rician_k: float = 0.0,
         los = np.sqrt(rician_k / (rician_k + 1.0))
         s = np.sqrt(1.0 / (rician_k + 1.0))
         return (los + s * scattered[0]) ** 2 + (s * scattered[1]) ** 2
+    raise ValueError(f"unknown fading {fading!r}; choose none, rayleigh or rician")
+
+
+def fading_quantile(fading: Fading, rician_k: float, probability: float) -> float:
+    """The power gain |h|² that block fading falls below with `probability` (mean-1 gains, as
+    `fading_gain` draws them): a link planned at it is in outage that often."""
+    if not 0 < probability < 1:
+        raise ValueError(f"an outage probability lies in (0, 1), got {probability}")
+    if fading == "none":
+        return 1.0
+    if fading == "rayleigh":
+        return float(-np.log1p(-probability))
+    if fading == "rician":
+        # |h|² = χ'²(2 dof, non-centrality 2K) / (2(K + 1)) for the mean-1 Rician gain
+        return (
+            float(stats.ncx2.ppf(probability, 2, 2 * rician_k) / (2 * (rician_k + 1)))
+            if rician_k
+            else float(-np.log1p(-probability))
+        )
     raise ValueError(f"unknown fading {fading!r}; choose none, rayleigh or rician")
 
 

@@ -1,9 +1,10 @@
 """The client's encoder state in `context.state`, checked against what it was made for.
 
 Two records: a ConfigRecord (what the state was made for, its integers, and the name,
-dtype and shape of each array) and an ArrayRecord holding one Array, the arrays' bytes
-back to back. One Array rather than one per array because every client builds, stores
-and parses them each round, and Flower's Array costs tens of microseconds apiece.
+dtype and shape of each array, as one text) and an ArrayRecord holding one Array, the
+arrays' bytes back to back. One Array rather than one per array, and one text rather
+than lists, because every client builds, stores and parses them each round, and
+Flower's records check every Array and list item they hold (tens of microseconds apiece).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from flcomp.protocol import records
 _STATE_ARRAYS = records.CLIENT_STATE_PREFIX + "encoder.arrays"
 _STATE_META = records.CLIENT_STATE_PREFIX + "encoder.meta"
 _PACKED = "packed"
-_LAYOUT = ("arrays", "dtypes", "shapes")
-"""The meta entries that describe the packed arrays: names, dtype strings, shapes as "3,10000"."""
+_LAYOUT = "layout"
+"""The meta entry that describes the packed arrays: "name dtype shape" for each, one per
+line, the shape as "3,10000" ("" for a 0-d array); names hold no whitespace."""
 
 
 def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) -> Encoder:
@@ -38,7 +40,7 @@ def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) ->
         return encoder
     try:
         stored = _unpack(state.array_records.get(_STATE_ARRAYS, ArrayRecord()), meta)
-        stored.update({k: int(v) for k, v in meta.items() if k not in ("codec", "spec", *_LAYOUT)})
+        stored.update({k: int(v) for k, v in meta.items() if k not in ("codec", "spec", _LAYOUT)})
         encoder.load_state_dict(stored)
     except (ValueError, TypeError):
         return codec.encoder(spec, seed=seed)
@@ -55,9 +57,7 @@ def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Enco
             arrays[k] = v if v.flags.c_contiguous else v.copy()  # (ascontiguousarray makes 0-d arrays 1-d)
         else:
             meta[k] = int(v)
-    meta["arrays"] = list(arrays)
-    meta["dtypes"] = [a.dtype.str for a in arrays.values()]
-    meta["shapes"] = [",".join(map(str, a.shape)) for a in arrays.values()]
+    meta[_LAYOUT] = "\n".join(f"{k} {a.dtype.str} {','.join(map(str, a.shape))}" for k, a in arrays.items())
     data = b"".join(a.data for a in arrays.values())
     packed = Array(dtype="uint8", shape=(len(data),), stype="flcomp/state", data=data)
     state[_STATE_ARRAYS] = ArrayRecord({_PACKED: packed})
@@ -66,12 +66,12 @@ def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Enco
 
 def _unpack(record: ArrayRecord, meta: ConfigRecord) -> dict[str, np.ndarray]:
     """The arrays `save_encoder` packed (read-only views); ValueError if they do not fit `meta`."""
-    names, dtypes, shapes = (list(meta.get(k, [])) for k in _LAYOUT)
-    if not len(names) == len(dtypes) == len(shapes):
+    lines = [line.split(" ") for line in str(meta.get(_LAYOUT, "")).split("\n") if line]
+    if any(len(fields) != 3 for fields in lines):
         raise ValueError("the stored state's layout is inconsistent")
     data = record[_PACKED].data if _PACKED in record else b""
     out, offset = {}, 0
-    for name, dtype, shape_text in zip(names, dtypes, shapes):
+    for name, dtype, shape_text in lines:
         dtype = np.dtype(dtype)
         if dtype.kind not in "biuf":
             raise ValueError(f"stored array {name!r} has dtype {dtype}")

@@ -58,10 +58,17 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     except ValueError as e:
         encoder_state.save_encoder(context.state, codec, spec, encoder)
         return _error(msg, f"the ClientApp's model does not fit the global model: {e}")
+    budget = config.get(records.BUDGET_BITS)
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0
+    ):
+        encoder_state.save_encoder(context.state, codec, spec, encoder)
+        return _error(msg, f"the instruction's bit budget {budget!r} is not a number of bits ≥ 0")
     ctx = RoundContext(
         num_clients=max(1, int(config.get(records.NUM_CLIENTS, 1))),
         model_change_sq=tuple(float(c) for c in config.get(records.MODEL_CHANGE_SQ, [])),
         side=bytes(config.get(records.SIDE, b"")),
+        budget_bits=None if budget is None else float(budget),
     )
     start = time.perf_counter()
     try:

@@ -58,10 +58,17 @@ class RoundContext:
     """Side information from the server's side of the codec for this step (what
     `DecoderPool.plan_round` planned for this client, carried by the instruction),
     b"" for none. The encoder folds it into the step with `Compressor.receive`."""
+    budget_bits: float | None = None
+    """The most bits this client's payload (header included) should take this step
+    (`flcomp.strategies.budget`); None: no budget. Codecs with a rate knob (top-k, STC: the
+    entries kept) meet it by that knob, never exceeding their config's rate; the others
+    ignore it."""
 
     def __post_init__(self) -> None:
         if self.num_clients < 1 or not self.lr >= 0 or any(not c >= 0 for c in self.model_change_sq):
             raise ValueError("RoundContext needs num_clients ≥ 1, lr ≥ 0 and non-negative model changes")
+        if self.budget_bits is not None and not self.budget_bits >= 0:
+            raise ValueError(f"a budget is a number of bits ≥ 0, got {self.budget_bits}")
 
 
 class StepRng:

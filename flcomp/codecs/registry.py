@@ -3,6 +3,7 @@
     from flcomp.codecs import codec
     c = codec("topk", ratio=0.01)                 # or Codec.parse("topk:ratio=0.01")
     c = codec("signxor", momentum=0.9)            # any lossy codec: error_feedback=, momentum=
+    c = codec("scaled_sign", ef_decay=0.9)        # leaky error feedback (two-way downlinks)
     enc, dec = c.encoder(spec, seed=1), c.decoder(spec)
 
 A codec module registers its `Compressor` subclass with `@register`; the list of
@@ -60,6 +61,11 @@ class Codec:
     momentum: float = 0.0
     """β of `flcomp.codecs.wrappers.momentum` (m ← β·m + g before the codec, error feedback
     included); 0 (default) is off; see that module for when to turn it on. Lossy codecs only."""
+    ef_decay: float = 1.0
+    """β of `flcomp.codecs.wrappers.error_feedback` (e ← β·(p − C(p))); 1 (default) is exact error
+    feedback. Below 1 the memory stays bounded but what is sent is biased: set it (0.9) on a
+    two-way downlink with sign codecs, where exact error feedback winds up (see that module).
+    Error feedback only."""
 
     @property
     def compressor_class(self) -> type[Compressor]:
@@ -96,6 +102,8 @@ class Codec:
             params["error_feedback"] = self.error_feedback
         if self.momentum:
             params["momentum"] = self.momentum
+        if self.ef_decay != 1:  # omitted at the default: the texts made before it stay as they were
+            params["ef_decay"] = self.ef_decay
         if not params:
             return self.name
         return self.name + ":" + ",".join(f"{k}={v}" for k, v in params.items())
@@ -112,7 +120,7 @@ class Codec:
 @functools.lru_cache(maxsize=64)
 def _compressor(codec: Codec, spec: ModelSpec) -> Compressor:
     c = codec.compressor_class(spec, codec.config)
-    c = ErrorFeedback(c) if codec.error_feedback else c
+    c = ErrorFeedback(c, codec.ef_decay) if codec.error_feedback else c
     return Momentum(c, codec.momentum) if codec.momentum else c
 
 
@@ -121,11 +129,18 @@ def _parse(text: str) -> Codec:
     name, params = keyvalue.split(text, "codec")
     if name not in REGISTRY:
         raise ValueError(f"unknown codec {name!r}; available: {', '.join(available())}")
-    extra = {"error_feedback": bool, "momentum": float}
+    extra = {"error_feedback": bool, "momentum": float, "ef_decay": float}
     return codec(name, **keyvalue.typed(params, REGISTRY[name].Config, extra))
 
 
-def codec(name: str, *, error_feedback: bool | None = None, momentum: float = 0.0, **params: Any) -> Codec:
+def codec(
+    name: str,
+    *,
+    error_feedback: bool | None = None,
+    momentum: float = 0.0,
+    ef_decay: float = 1.0,
+    **params: Any,
+) -> Codec:
     """Look up a codec by name and build its config from `params` (defaults otherwise)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown codec {name!r}; available: {', '.join(available())}")
@@ -145,7 +160,14 @@ def codec(name: str, *, error_feedback: bool | None = None, momentum: float = 0.
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     ef = cls.error_feedback if error_feedback is None else error_feedback
-    return Codec(name, cls.Config(**params), ef, float(momentum))
+    if not 0 <= ef_decay <= 1:  # NaN fails it too
+        raise ValueError(f"ef_decay must be in [0, 1], got {ef_decay}")
+    if ef_decay != 1 and not ef:
+        raise ValueError(
+            f"ef_decay scales the error-feedback memory, and codec {name!r} runs without error feedback"
+            " here: turn it on (error_feedback=True) or leave ef_decay out"
+        )
+    return Codec(name, cls.Config(**params), ef, float(momentum), float(ef_decay))
 
 
 def available() -> list[str]:

@@ -114,6 +114,7 @@ def serve(
         codec=config.codec,
         downlink=config.downlink,
         downlink_delivery=config.downlink_delivery,
+        budget=config.budget,
         channel=config.channel,
         seed=config.seed,
         max_client_states=config.max_client_states,

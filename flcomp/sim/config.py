@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from flcomp.channel import Channel
+from flcomp.strategies.budget import DeadlineBudget
 from flcomp.strategies.downlink import DELIVERIES
 from flcomp.tasks import TaskConfig
 
@@ -36,6 +38,10 @@ class RunConfig:
     channel: str | None = None
     """Simulated wireless network, as `flcomp.channel.Channel.parse` reads it (None: no
     network; rounds then have no virtual time or energy)."""
+    budget: str | None = None
+    """Bit-budget policy ("deadline" or "deadline:outage=0.05", `flcomp.strategies.budget`):
+    each client's payload sized to what its link carries by the channel's deadline; needs a
+    channel with a deadline. None: every client at its codec's rate."""
     strategy: str = "fedavg"
     """Inner Flower strategy: one of STRATEGIES."""
     rounds: int = 20
@@ -66,6 +72,10 @@ class RunConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")
         if self.downlink_delivery not in DELIVERIES:
             raise ValueError(f"unknown downlink delivery {self.downlink_delivery!r}; one of {DELIVERIES}")
+        if self.budget is not None:
+            DeadlineBudget.parse(self.budget)
+            if self.channel is None or Channel.parse(self.channel).config.deadline_s is None:
+                raise ValueError("a bit budget needs a channel with a deadline (deadline_s)")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; one of {ENGINES}")
         if not self.rounds >= 1:

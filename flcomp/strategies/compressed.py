@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,7 @@ from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
 from flcomp.protocol.snapshot import Snapshot, SnapshotError, spec_from_json, spec_to_json
 from flcomp.strategies import uplink
+from flcomp.strategies.budget import DeadlineBudget
 from flcomp.strategies.downlink import DELIVERIES, Broadcast, Delivery, on_air
 from flcomp.strategies.network import apply_channel
 from flcomp.strategies.replies import ClientIds, check_evaluate, check_train, weight
@@ -70,6 +72,10 @@ class Compressed(Strategy):
     every message its own transmission, counted per client) or "broadcast" (one transmission a
     round reaches the whole population, counted once; see `flcomp.strategies.downlink`; on a
     channel, sent at the rate the worst listener decodes, `flcomp.channel.simulator`).
+
+    `budget` ("deadline", or a `DeadlineBudget`) gives every instructed client a bit budget
+    from its link's planned rate and the channel's deadline (`flcomp.strategies.budget`);
+    codecs with a rate knob (top-k, STC) meet it. It needs a channel with a deadline.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class Compressed(Strategy):
         seed: int = 0,
         max_client_states: int | None = None,
         downlink_delivery: Delivery = "unicast",
+        budget: DeadlineBudget | str | None = None,
     ) -> None:
         if max_client_states is not None and (
             isinstance(max_client_states, bool)
@@ -101,6 +108,10 @@ class Compressed(Strategy):
         )
         """The compressed downlink, or None: clients then receive the model as it is."""
         self.channel = Channel.parse(channel) if isinstance(channel, str) else channel
+        self.budget = DeadlineBudget.parse(budget) if isinstance(budget, str) else budget
+        """The bit-budget policy (`flcomp.strategies.budget`), or None: every client at its codec's rate."""
+        if self.budget is not None and (self.channel is None or self.channel.config.deadline_s is None):
+            raise ValueError("a bit budget needs a channel with a deadline (deadline_s) to plan it from")
         self._network = self.channel.simulator(seed) if self.channel is not None else None
         self.seed = seed
         self.pool: DecoderPool | None = None
@@ -116,6 +127,8 @@ class Compressed(Strategy):
         """Which node holds which stable client id (see `flcomp.strategies.replies.ClientIds`)."""
         self._instructions: dict[int, list[Message]] = {}
         """The train instructions of the round in progress (the grid gives them their message ids)."""
+        self._compute_s: dict[int, float] = {}
+        """client id → its compute seconds the last time the channel ran it (for the budgets)."""
         self._last_instructed: dict[int, int] = {}
         """node → the last round that instructed it: the nodes whose codec state the server keeps
         (decoders, replica versions), the least recent first to go under `max_client_states`."""
@@ -142,11 +155,17 @@ class Compressed(Strategy):
         traffic = self.traffic[server_round] = RoundTraffic()
         if self.broadcast is not None:
             traffic.downlink_stats = dict(self.broadcast.stats)
+            traffic.add_downlink_health(*self.broadcast.health)
+            if self.broadcast.warning:
+                log.warning("round %d: %s", server_round, self.broadcast.warning)
         if messages and self.downlink_delivery == "broadcast":  # on the air once, for everyone
             traffic.add_broadcast(self.broadcast.broadcast_bytes if self.broadcast else on_air(arrays))
         side = self.pool.plan_round(server_round, [str(m.metadata.dst_node_id) for m in messages])
         for m in messages:
             self._instruct(m, server_round, len(messages), side.get(str(m.metadata.dst_node_id)), traffic)
+        if self.budget is not None:
+            client_of = {node: client for client, node in self.client_ids.holder.items()}
+            self.budget.instruct(self._network, server_round, messages, traffic, client_of, self._compute_s)
         self._instructions = {server_round: messages}
         self._last_instructed |= {m.metadata.dst_node_id: server_round for m in messages}
         return messages
@@ -171,9 +190,13 @@ class Compressed(Strategy):
         self.client_ids.release(check.silent)
         uploads = check.uploads
         traffic.uplink_bytes = sum(len(u.payload) for u in uploads.values())
+        traffic.over_budget = sum(
+            8 * len(u.payload) > traffic.budgets.get(n, math.inf) for n, u in uploads.items()
+        )
         replica_current: set[int] = set()  # dropped, but holding this round's model
         if self._network is not None:
             replica_current = apply_channel(self._network, server_round, traffic, uploads)
+            self._compute_s |= {c: o.compute_s for c, o in traffic.channel.clients.items() if o.compute_s > 0}
         accepted = uplink.decode(self.pool, self.codec, self._global, uploads, traffic)
         for node, reason in traffic.dropped.items():
             # Channel losses are the simulated network at work; anything else is a fault.
@@ -315,7 +338,14 @@ class Compressed(Strategy):
         for key, record in list(m.content.config_records.items()):
             m.content[key] = ConfigRecord(dict(record) | instructions)
 
-    _SNAPSHOT_ATTRIBUTES = ("_global", "_previous", "_model_changes", "_last_instructed", "client_ids.holder")
+    _SNAPSHOT_ATTRIBUTES = (
+        "_global",
+        "_previous",
+        "_model_changes",
+        "_last_instructed",
+        "_compute_s",
+        "client_ids.holder",
+    )
     """What `state_dict` saves as it is, by attribute path: ArrayRecords, None, or JSON-able
     values (numbers, text, lists, tuples, sets, deques, dicts with any keys). New plain state
     of the server goes here."""
@@ -375,13 +405,14 @@ class Compressed(Strategy):
 
     @property
     def _made_with(self) -> dict:
-        """What a saved state must match: codec, downlink, channel, seed and downlink delivery."""
+        """What a saved state must match: codec, downlink, channel, seed, downlink delivery, budget."""
         return {
             "codec": self.codec.describe(),
             "downlink": self.broadcast.codec.describe() if self.broadcast is not None else None,
             "channel": self.channel.describe() if self.channel is not None else None,
             "seed": self.seed,
             "downlink_delivery": self.downlink_delivery,
+            "budget": self.budget.describe() if self.budget is not None else None,
         }
 
 

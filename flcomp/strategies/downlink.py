@@ -15,7 +15,8 @@ lives in the encoder and the mirror, and in each up-to-date client's decoder.
 A client whose replica is older (it skipped rounds) gets a *catch-up*: the payloads
 it missed, oldest first, which it decodes in turn exactly as the mirror did, so its
 replica and decoder state end bit for bit where the mirror's are. The server keeps
-the latest payloads up to one key frame's bytes (a longer catch-up is never cheaper).
+the latest payloads up to one key frame's bytes (a longer catch-up is never cheaper;
+under broadcast delivery `Broadcast.BROADCAST_HISTORY` key frames').
 A client the catch-up cannot reach (it is new, its last message failed or was
 lost, it was evicted) gets a *key frame* instead: the replica ŵ(t) in full plus
 the mirror decoder's state (its arrays in the record, its fingerprint in the
@@ -46,12 +47,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Literal, NamedTuple
 
+import numpy as np
 from flwr.app import ArrayRecord
 
 from flcomp.codecs import Codec, Decoder, Encoder, Stats
+from flcomp.codecs.wrappers.error_feedback import ErrorFeedback
 from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
 from flcomp.protocol.snapshot import Snapshot, SnapshotError
+from flcomp.strategies import health
 
 Delivery = Literal["unicast", "broadcast"]
 DELIVERIES: tuple[Delivery, ...] = ("unicast", "broadcast")
@@ -78,6 +82,13 @@ class Broadcast:
     """The server's side of the downlink: its encoder and mirror decoder, the replica, the latest
     payloads, what each client holds."""
 
+    BROADCAST_HISTORY = 16
+    """Under broadcast delivery, the payloads kept for catch-ups, in key frames' bytes (under
+    unicast one: a longer catch-up is never cheaper than a key frame). Every client received
+    every broadcast, so a client the kept payloads no longer reach costs a key frame only
+    because the simulation let them go: at 16, 32 rounds of fp16 payloads (half a model each)
+    or hundreds of sparse ones; raise it for long absences, at that many models of memory."""
+
     def __init__(self, codec: Codec, seed: int = 0, delivery: Delivery = "unicast") -> None:
         if delivery not in DELIVERIES:
             raise ValueError(f"unknown downlink delivery {delivery!r}; one of {DELIVERIES}")
@@ -95,12 +106,25 @@ class Broadcast:
         """This round's broadcast payload (None when the replica just (re)started)."""
         self.stats: Stats = {}
         """What the encoder reported for this round's payload (`Encoder.last_stats`); empty without one."""
+        self.contraction: float | None = None
+        """δ of the vector the encoder compressed this round: the change plus the server's error memory
+        (`flcomp.strategies.health`); None in a round without a payload, for a lossless codec or a
+        zero vector."""
+        self.memory_norm: float | None = None
+        """‖e‖₂ of the server's error memory after this round's payload; None in a round without one
+        or for a codec without error feedback."""
+        self.step_norm: float | None = None
+        """‖decoded change‖₂ of this round's payload (what the replicas moved by); None without one."""
+        self.watch = health.MemoryWatch()
+        """Whether the server's error memory keeps growing (restarts with the replica)."""
+        self.warning: str | None = None
+        """What to log in the round the watch fires (once), else None."""
         self.broadcast_bytes = 0
         """Broadcast delivery: the bytes this round put on the air once for everyone (the payload
         and the model's non-float arrays; the starting model in the round the replica started)."""
         self._history: deque[tuple[int, bytes]] = deque()
         """(version it applies to, payload) of the latest payloads, oldest first, each applying to
-        the replica the one before it made: at most one key frame's bytes."""
+        the replica the one before it made: at most one key frame's bytes (`BROADCAST_HISTORY`)."""
         self._start: tuple[int, ArrayRecord] | None = None
         """Broadcast delivery: the version and model the replica started from, while the kept
         payloads reach back to it (every client of the population received it)."""
@@ -112,6 +136,8 @@ class Broadcast:
         spec = records.spec_of(arrays)
         if self.replica is None or spec != records.spec_of(self.replica):
             self.replica, self.payload, self.stats = arrays, None, {}
+            self.contraction = self.memory_norm = self.step_norm = self.warning = None
+            self.watch = health.MemoryWatch()
             self.encoder = self.codec.encoder(spec, seed=self.seed)
             self.mirror = self.codec.decoder(spec)
             self._history.clear()
@@ -122,11 +148,19 @@ class Broadcast:
         else:
             keys = records.float_keys(arrays)
             change = [to_numpy(arrays[k]) - to_numpy(self.replica[k]) for k in keys]
+            memory = self._memory()
+            if not self.codec.compressor_class.lossless:  # a lossless downlink leaves nothing behind
+                compressed = [c.reshape(-1) + e for c, e in zip(change, memory)] if memory else change
+                self.contraction = health.contraction(compressed)
             self.payload = self.encoder.encode(change)
             self.stats = dict(self.encoder.last_stats)
             self.encoder.commit()  # the mirror is always delivered
             decoded = self.mirror.decode(self.payload)
             self.mirror.commit()
+            memory = self._memory()
+            self.memory_norm = health.norm(memory) if memory else None
+            self.step_norm = health.norm(decoded)
+            self.warning = self.watch.warning if self.watch.observe(self.memory_norm) else None
             self.replica = records.replica_plus(self.replica, dict(zip(keys, decoded)), arrays)
             self._history.append((self.version, self.payload))
             self._trim()
@@ -162,6 +196,19 @@ class Broadcast:
             return Sent(record, self._config() | config, on_air(record))
         return Sent(record, self._config() | config, 0, hears_broadcast=bool(chain) or start is not None)
 
+    @property
+    def health(self) -> tuple[float | None, float | None, float | None]:
+        """This round's (contraction, memory_norm, memory_ratio), for `RoundTraffic.add_downlink_health`."""
+        return self.contraction, self.memory_norm, self.memory_ratio
+
+    @property
+    def memory_ratio(self) -> float | None:
+        """‖e‖₂ / ‖decoded change‖₂ after this round's payload: the server's memory relative to its
+        step; None without error feedback or a payload, or when the decoded change is zero."""
+        if self.memory_norm is None or not self.step_norm:
+            return None
+        return self.memory_norm / self.step_norm
+
     def state_bytes(self) -> int:
         """Bytes the broadcast holds, once for all clients: the replica, the encoder's state (the
         server's error memory), the mirror decoder's, the kept payloads and the starting model."""
@@ -188,14 +235,19 @@ class Broadcast:
         return [p for _, p in list(self._history)[bases.index(held) :]]
 
     def _trim(self) -> None:
-        """Keep the latest payloads up to one key frame's bytes (this round's at least); drop the
-        starting model when they no longer reach back to it."""
+        """Keep the latest payloads up to one key frame's bytes (`BROADCAST_HISTORY` under broadcast
+        delivery; this round's at least); drop the starting model when they no longer reach it."""
         limit = records.record_nbytes(self.replica) + self.mirror.state_bytes
+        limit *= self.BROADCAST_HISTORY if self.delivery == "broadcast" else 1
         kept = sum(len(p) for _, p in self._history)
         while kept > limit and len(self._history) > 1:  # this round's payload stays, whatever its size
             kept -= len(self._history.popleft()[1])
         if self._start is not None and (not self._history or self._history[0][0] != self._start[0]):
             self._start = None
+
+    def _memory(self) -> list[np.ndarray] | None:
+        """The server's error memory (the encoder's), one flat array per tensor; None without one."""
+        return ErrorFeedback.memory(self.encoder.compressor, self.encoder.local)
 
     def _raw(self) -> dict:
         """The replica's non-float arrays: they travel with every payload as they are."""

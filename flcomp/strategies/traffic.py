@@ -19,6 +19,20 @@ averaged like the inner strategy's client metrics), but for the codec state's si
     flcomp.client-state-bytes    client_state_bytes    a client's own state (encoder; replica and
                                                        downlink decoder), mean over the accepted
     flcomp.client-state-max      client_state_max      the largest of them
+    health of error feedback (`flcomp.strategies.health`; empty where it does not apply):
+    flcomp.uplink-contraction    uplink_contraction    δ of the decoded updates Δ̂, median over
+                                                       the accepted clients (empty without any)
+    flcomp.downlink-contraction  downlink_contraction  δ of the vector the broadcast compressed
+                                                       (its change plus the server's memory;
+                                                       empty without a downlink payload)
+    flcomp.server-memory-norm    server_memory_norm    ‖e‖₂ of the server's error memory after
+                                                       the round's payload (empty without
+                                                       downlink error feedback)
+    flcomp.server-memory-ratio   server_memory_ratio   ‖e‖₂ / ‖decoded change‖₂ (empty as well
+                                                       when the decoded change is zero)
+    bit budgets (`flcomp.strategies.budget`; empty without):
+    flcomp.budget-bits           budget_bits           the instructed clients' budgets, summed
+    flcomp.clients-over-budget   clients_over_budget   budgeted clients whose payload was longer
     with a channel:
     flcomp.virtual-seconds       virtual_seconds       the round on the virtual clock
     flcomp.clients-delivered     clients_delivered     updates that arrived in time
@@ -45,6 +59,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
 
 from flcomp.channel import RoundReport
 from flcomp.codecs import Codec
@@ -75,8 +91,15 @@ _FIELDS = (
     _Field("downlink_state_bytes", "flcomp.downlink-state-bytes", lambda t: t.downlink_state_bytes),
     _Field("client_state_bytes", records.CLIENT_STATE_BYTES, lambda t: t.client_state_bytes),
     _Field("client_state_max", "flcomp.client-state-max", lambda t: int(t.client_state_max)),
+    _Field("uplink_contraction", "flcomp.uplink-contraction", lambda t: t.uplink_contraction),
+    _Field("downlink_contraction", "flcomp.downlink-contraction", lambda t: t.downlink_contraction),
+    _Field("server_memory_norm", "flcomp.server-memory-norm", lambda t: t.server_memory_norm),
+    _Field("server_memory_ratio", "flcomp.server-memory-ratio", lambda t: t.server_memory_ratio),
+    _Field("budget_bits", "flcomp.budget-bits", lambda t: t.budget_bits),
+    _Field("clients_over_budget", "flcomp.clients-over-budget", lambda t: t.clients_over_budget),
 )
-"""The fields of every round: column, metric name, value of a RoundTraffic."""
+"""The fields of every round: column, metric name, value of a RoundTraffic (None: the field is
+left out, an empty cell)."""
 _CHANNEL_FIELDS = (
     _Field("virtual_seconds", "flcomp.virtual-seconds", lambda r: r.seconds),
     _Field("clients_delivered", "flcomp.clients-delivered", lambda r: r.delivered),
@@ -110,6 +133,10 @@ class RoundTraffic:
     """Of downlink_bytes: those broadcast once for everyone (broadcast delivery)."""
     hears_broadcast: set[int] = field(default_factory=set)
     """The nodes that need the round's broadcast."""
+    budgets: dict[int, float] = field(default_factory=dict)
+    """node → the bit budget its instruction carried (`flcomp.strategies.budget`)."""
+    over_budget: int = 0
+    """The budgeted clients whose payload was longer than their budget."""
     side_bytes: int = 0
     """Of downlink_bytes: the codec's side information for the encoders (`DecoderPool.plan_round`)."""
     channel: RoundReport | None = None
@@ -127,6 +154,29 @@ class RoundTraffic:
     """The state bytes the accepted clients report, summed."""
     client_state_max: float = 0.0
     """The largest state the accepted clients report."""
+    uplink_contractions: list[float] = field(default_factory=list)
+    """δ of each accepted client's decoded update (`health.contraction`; zero updates left out)."""
+    downlink_contraction: float | None = None
+    """δ of the vector the broadcast encoder compressed this round (`Broadcast.contraction`)."""
+    server_memory_norm: float | None = None
+    """‖e‖₂ of the server's error memory after the round's payload (`Broadcast.memory_norm`)."""
+    server_memory_ratio: float | None = None
+    """The server's error memory relative to the decoded change (`Broadcast.memory_ratio`)."""
+
+    @property
+    def uplink_contraction(self) -> float | None:
+        """The median δ of the accepted clients' decoded updates (None without any)."""
+        return float(np.median(self.uplink_contractions)) if self.uplink_contractions else None
+
+    @property
+    def budget_bits(self) -> float | None:
+        """The round's budgets, summed (None without any)."""
+        return sum(self.budgets.values()) if self.budgets else None
+
+    @property
+    def clients_over_budget(self) -> int | None:
+        """The budgeted clients whose payload was longer than their budget (None without budgets)."""
+        return self.over_budget if self.budgets else None
 
     @property
     def client_state_bytes(self) -> float:
@@ -144,6 +194,13 @@ class RoundTraffic:
         self.downlink_bytes_by_node[node] = self.downlink_bytes_by_node.get(node, 0) + sent
         if side:
             self.side_bytes += sent
+
+    def add_downlink_health(
+        self, contraction: float | None, memory_norm: float | None, memory_ratio: float | None
+    ) -> None:
+        """Note the broadcast's health this round (`Broadcast.health`)."""
+        self.downlink_contraction = contraction
+        self.server_memory_norm, self.server_memory_ratio = memory_norm, memory_ratio
 
     def add_accepted(self, node: int, metrics: Sequence[Mapping], stats: Iterable[str]) -> None:
         """Count one aggregated client: the encode seconds, the state bytes and the stats named
@@ -170,7 +227,7 @@ class RoundTraffic:
 
     def _report(self, name: Callable[[_Field], str], stat: str, downlink_stat: str) -> dict[str, int | float]:
         """Every field under `name(field)`, the stats under `stat` + name and `downlink_stat` + name."""
-        out = {name(f): f.value(self) for f in _FIELDS}
+        out = {name(f): v for f in _FIELDS if (v := f.value(self)) is not None}
         if self.channel is not None:
             out |= {name(f): f.value(self.channel) for f in _CHANNEL_FIELDS}
         out |= {stat + k: v for k, v in self.stats.items()}

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, Message
 from flcomp.codecs import Codec, DecoderPool
 from flcomp.protocol import records
 from flcomp.protocol.arrays import from_numpy, to_numpy
+from flcomp.strategies import health
 from flcomp.strategies.replies import Upload
 from flcomp.strategies.traffic import RoundTraffic
 
@@ -42,6 +43,8 @@ def decode(
         _replace_with_model(upload.reply, model, local)
         accepted.append(upload.reply)
         traffic.add_accepted(node, [upload.metrics], codec.compressor_class.stats)
+        if (delta := health.contraction(decoded.updates[str(node)])) is not None:
+            traffic.uplink_contractions.append(delta)
     return accepted
 
 

@@ -27,6 +27,9 @@ def a_round() -> RoundTraffic:
     t = RoundTraffic(uplink_bytes=300, accepted=2, dropped={7: "channel: deadline"}, encode_seconds=0.1234567)
     t.channel = RoundReport(0.7, {0: outcome(True), 1: outcome(True), 2: outcome(False)})
     t.stats, t.downlink_stats = {"entries_sent": 34.0}, {"flips": 3.0}
+    t.uplink_contractions = [0.25, 1.0]
+    t.add_downlink_health(0.125, 2.0, 0.5)
+    t.budgets, t.over_budget = {5: 8000.0}, 1
     t.add_downlink(5, 1000)
     return t
 

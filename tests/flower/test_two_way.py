@@ -165,6 +165,22 @@ def test_a_catch_up_longer_than_a_key_frame_is_a_key_frame():
 # --- broadcast delivery ----------------------------------------------------------------------
 
 
+def test_under_broadcast_the_kept_payloads_reach_further_than_a_key_frame():
+    """Every client heard every broadcast: catch-ups of up to BROADCAST_HISTORY key frames' bytes."""
+    strategy = Compressed(
+        fedavg(fraction_train=0.5), codec="fp32", downlink="fp32", downlink_delivery="broadcast"
+    )
+    grid = run(strategy, make_app(), rounds=12, seed=1)
+    last_round, long_catch_ups = {}, 0
+    for (t, node), record in sorted(grid.sent.items()):
+        if node in last_round:
+            assert len(payloads(record)) == t - last_round[node] and not is_key_frame(record)
+            long_catch_ups += t - last_round[node] > 1
+        last_round[node] = t
+    assert long_catch_ups > 0 and Broadcast.BROADCAST_HISTORY > 1
+    assert_replicas_in_sync(strategy, grid)
+
+
 @pytest.mark.parametrize("downlink", [*TWO_WAY, None])
 def test_a_broadcast_puts_each_round_on_the_air_once(downlink):
     strategy = Compressed(

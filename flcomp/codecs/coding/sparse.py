@@ -5,13 +5,13 @@ Shared by the sparsifying compressors (top-k, random-k, GD-SEC, LGC).
 
 from __future__ import annotations
 
-from math import ceil
+from math import ceil, floor, log2
 from typing import Literal
 
 import numpy as np
 
 from flcomp.codecs.coding.half import widen_half
-from flcomp.codecs.wire import PayloadReader, PayloadWriter
+from flcomp.codecs.wire import HEADER_BYTES, PayloadReader, PayloadWriter
 
 ValueDtype = Literal["float32", "float16"]
 """Wire type of sparse values; "float16" halves their bits."""
@@ -28,6 +28,34 @@ _MIN_SAMPLE = 1024
 def kept_count(ratio: float, n: int) -> int:
     """k for a tensor of n entries (at least one entry of a non-empty tensor)."""
     return min(n, max(1, ceil(ratio * n))) if n else 0
+
+
+def budgeted_counts(
+    sizes: list[int], counts: list[int], budget_bits: float | None, value_bits: int, group_bits: int
+) -> list[int]:
+    """The entries to keep of each group (tensor) within a payload of `budget_bits`: `counts`
+    (the config's) when they fit, else the largest common fraction f of every group's entries
+    (at most its count) whose bits fit. A kept entry costs `value_bits` plus its position at the
+    Rice bound, 3 + log2(n/k) bits; each group `group_bits` (its count, mode byte, padding);
+    the payload's header `wire.HEADER_BYTES`. None: no budget. Below what the header and the
+    groups take, nothing is kept (and the payload is that long)."""
+    if budget_bits is None:
+        return counts
+    body = budget_bits - 8 * HEADER_BYTES - group_bits * len(sizes)
+
+    def cost(kept: list[int]) -> float:
+        return sum(k * (value_bits + 3 + log2(n / k)) for k, n in zip(kept, sizes) if k)
+
+    def at(f: float) -> list[int]:
+        return [min(k, floor(f * n)) for k, n in zip(counts, sizes)]
+
+    if cost(counts) <= body:
+        return counts
+    low, high = 0.0, 1.0  # cost(at(f)) grows with f: bisect for the largest f that fits
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cost(at(mid)) <= body else (low, mid)
+    return at(low)
 
 
 def write_values(values: np.ndarray, dtype: ValueDtype, out: PayloadWriter) -> np.ndarray:

@@ -30,6 +30,9 @@ distributed GD on a quadratic with a steadily moving second tensor (a counter; s
 tests/codecs/test_stc.py), p = 0.1, whole-update STC stalls at 48% of the initial error
 while per-tensor STC (and top-k) converge; with a single tensor the two are the same.
 
+Under a round's bit budget (`RoundContext.budget_bits`) every group keeps the same smaller
+fraction of its entries (at most its k), so that the payload fits.
+
     per group (a tensor; the whole update with per_tensor=False):
                u32 m (kept nonzero entries, ≤ k) | f32 μ | positions | ⌈m/8⌉ bytes of sign bits
 """
@@ -42,7 +45,7 @@ import numpy as np
 
 from flcomp.codecs.coding.positions import decode_positions, encode_positions
 from flcomp.codecs.coding.signs import scaled_signs
-from flcomp.codecs.coding.sparse import kept_count, top_k_positions
+from flcomp.codecs.coding.sparse import budgeted_counts, kept_count, top_k_positions
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
@@ -50,6 +53,8 @@ from flcomp.codecs.spec import ModelSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_GROUP_BITS = 112
+"""A group's bits besides its entries: u32 m, f32 μ, the positions' mode byte, byte padding."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,10 @@ class STC(Compressor):
         magnitude = np.abs(flat)
         dense = np.zeros(flat.size, np.float32)
         sent = 0
-        for start, stop in self._groups:
-            k = kept_count(self.config.ratio, stop - start)
+        sizes = [stop - start for start, stop in self._groups]
+        configured = [kept_count(self.config.ratio, n) for n in sizes]
+        counts = budgeted_counts(sizes, configured, ctx.budget_bits, 1, _GROUP_BITS)
+        for (start, stop), k in zip(self._groups, counts):
             kept = start + top_k_positions(magnitude[start:stop], k) if k else np.zeros(0, np.int64)
             kept = kept[magnitude[kept] > 0]
             # A float64 mean: a float32 sum of huge magnitudes overflows, their mean does not.

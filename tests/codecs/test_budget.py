@@ -1,0 +1,76 @@
+"""Bit budgets (`RoundContext.budget_bits`): the codecs with a rate knob (top-k, STC) fit their
+payload into the budget, never keep more than their config, and error feedback keeps the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flcomp.codecs import Codec, ModelSpec, RoundContext, TensorSpec
+from flcomp.codecs.coding.sparse import budgeted_counts
+from flcomp.codecs.wire import HEADER_BYTES
+
+SPEC = ModelSpec(
+    (TensorSpec((200, 50), "float32"), TensorSpec((50,), "float32"), TensorSpec((3000,), "float32"))
+)
+KNOBBED = [
+    "topk:ratio=0.1",
+    "topk:ratio=0.1,value_dtype=float16",
+    "stc:ratio=0.1",
+    "stc:ratio=0.1,per_tensor=False",
+]
+
+
+def update(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(t.shape).astype(np.float32) for t in SPEC.tensors]
+
+
+@pytest.mark.parametrize("text", KNOBBED)
+@pytest.mark.parametrize("budget", [2_000, 8_000, 30_000, 100_000])
+def test_the_payload_fits_the_budget_and_decodes(text, budget):
+    codec = Codec.parse(text)
+    encoder, decoder = codec.encoder(SPEC), codec.decoder(SPEC)
+    unbounded = len(codec.encoder(SPEC).encode(update(0)))
+    payload = encoder.encode(update(0), RoundContext(budget_bits=budget))
+    assert 8 * len(payload) <= max(budget, 8 * HEADER_BYTES + 112 * 3)
+    assert len(payload) <= unbounded, "never more than the config keeps"
+    if 8 * unbounded > budget:
+        assert 8 * len(payload) > 0.6 * budget, "the budget is used, not wasted"
+    decoded = decoder.decode(payload)
+    assert sum(int(np.count_nonzero(d)) for d in decoded) == encoder.last_stats["entries_sent"]
+
+
+@pytest.mark.parametrize("text", KNOBBED)
+def test_a_generous_budget_changes_nothing(text):
+    codec = Codec.parse(text)
+    assert codec.encoder(SPEC).encode(update(1), RoundContext(budget_bits=1e9)) == codec.encoder(SPEC).encode(
+        update(1)
+    )
+
+
+def test_error_feedback_keeps_what_the_budget_drops():
+    codec = Codec.parse("topk:ratio=0.1")
+    encoder, decoder = codec.encoder(SPEC), codec.decoder(SPEC)
+    x = update(2)
+    decoded = decoder.decode(encoder.encode(x, RoundContext(budget_bits=4_000)))
+    encoder.commit()
+    memory = [encoder.local[f"ef/{i}"] for i in range(len(x))]
+    for xi, di, ei in zip(x, decoded, memory):
+        np.testing.assert_allclose(di + ei.reshape(di.shape), xi, rtol=0, atol=1e-6)
+
+
+def test_budgeted_counts_scale_every_group_alike_within_the_config():
+    sizes, counts = [10_000, 50, 3000], [1000, 5, 300]
+    assert budgeted_counts(sizes, counts, None, 32, 72) == counts
+    assert budgeted_counts(sizes, counts, 1e9, 32, 72) == counts
+    fitted = budgeted_counts(sizes, counts, 20_000, 32, 72)
+    assert all(f <= c for f, c in zip(fitted, counts)) and sum(fitted) < sum(counts)
+    assert abs(fitted[0] / sizes[0] - fitted[2] / sizes[2]) < 1e-3
+    assert budgeted_counts(sizes, counts, 0, 32, 72) == [0, 0, 0]
+
+
+def test_a_bad_budget_is_refused():
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="budget"):
+            RoundContext(budget_bits=bad)
