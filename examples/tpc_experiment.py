@@ -70,10 +70,7 @@ PROBLEMS = {
 FLOOR_PROBLEM = "synthetic-logistic"
 CODECS = {
     "fp32": "uncompressed GD",
-    "lag": "LAG, the registered default (ξ = 1, D = 10)",
-    "lag:xi=100": "LAG-WK's own ξ = 1 for a server that averages: LAG's rule takes the server's step "
-    "α = 1 from the mod, while FedAvg's mean of K updates is LAG's sum with α = 1/K, so the default's "
-    "threshold is K² = 100 times tighter than the paper's",
+    "lag": "LAG, the registered default (LAG-WK's ξ = 1, D = 10, for a server that averages)",
     "topk:ratio=0.1": "top-k, 10% of the entries, with error feedback",
     "tpc": "TPC with its defaults (s = 3, relative τ = 0.01, whole vector, fp32 residual)",
     "tpc:tau=0.3": "TPC with the former default τ = 0.3",

@@ -3,6 +3,8 @@ entries sent from the encoders' stats, and how it checks the floors."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from conftest import load_example
 
@@ -29,7 +31,7 @@ def test_the_experiment_writes_its_table_section_and_plots(experiment, tmp_path)
     rows = {line.split(" | ")[1]: line for line in section.splitlines() if "| synthetic-linear |" in line}
     assert rows["`fp32`"].endswith("| 100.0% | 2.3e-01 |")  # one round of GD: far from 1e-6
     assert "| 10.1% |" in rows["`topk:ratio=0.1`"]  # ⌈0.1·1000⌉ + 1 (the bias) of 1001 entries
-    assert "| 5.1% |" in rows["`gdsec`"]  # no model change yet: the 5% largest of each tensor
+    assert "| 13.7% |" in rows["`gdsec`"]  # |Δ_i| > 1.5·rms(Δ): for Gaussian Δ, P(|z| > 1.5) = 13.4%
     assert "ξ sweep" not in section  # one ξ ran
     assert "- synthetic-linear, seed 0: GD did not reach the target: floors not met" in section
     assert section.startswith("## GD-SEC: sparsified gradient differences with error correction\n")
@@ -39,7 +41,7 @@ def test_the_experiment_writes_its_table_section_and_plots(experiment, tmp_path)
 
 
 def test_the_sweep_writes_its_own_section(experiment, tmp_path):
-    codecs = ["fp32", "gdsec:xi=5", "gdsec"]
+    codecs = ["fp32", "gdsec:xi=0.5", "gdsec"]
     argv = ["--sweep", "--seeds", "0", "--rounds", "2", "--problems", "digits-logreg", "--codecs", *codecs]
     section = experiment.main([*argv, "--quiet", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path)])
     rows = [line for line in section.splitlines() if line.startswith("| digits-logreg, seed 0 |")]
@@ -103,6 +105,31 @@ def test_the_floors_compare_gdsec_with_gd_and_the_best_top_k(experiment):
     assert "no top-k ratio" in line and "NOT met" not in line
     (line,) = experiment.floor_lines("p", problem, {"fp32": gd, "gdsec": outcome(experiment, None, 300)})
     assert line == "- p: GD-SEC did not reach the target: floors not met"
+
+
+def test_the_floors_run_at_other_client_counts_and_splits_with_gd_and_the_default_only(experiment):
+    problems = experiment.PROBLEMS
+    expected = {f"synthetic-{p}-k{k}" for p in ("linear", "logistic") for k in (5, 20, 50)}
+    expected |= {"synthetic-linear", "synthetic-logistic", "digits-logreg", "digits-logreg-dirichlet"}
+    assert set(experiment.FLOOR_PROBLEMS) == expected
+    for k in (5, 20, 50):
+        variant, main = problems[f"synthetic-logistic-k{k}"], problems["synthetic-logistic"]
+        assert variant.task == dataclasses.replace(main.task, num_clients=k) and variant.codecs == (
+            "fp32",
+            "gdsec",
+        )
+        assert variant.target == main.target and f"K = {k}" in variant.label
+        assert 1.2 * 175 < variant.rounds <= main.rounds  # GD's rounds to the target: ≤ 175 at every seed
+    dirichlet = problems["digits-logreg-dirichlet"].task
+    assert (dirichlet.partition, dirichlet.alpha, dirichlet.num_clients) == ("dirichlet", 0.5, 10)
+    assert "lag:xi=100" not in {c for p in problems.values() for c in p.codecs}
+
+
+def test_without_top_k_the_floors_are_rounds_and_bits_only(experiment):
+    problem = experiment.PROBLEMS["synthetic-linear-k50"]
+    runs = {"fp32": outcome(experiment, 10, 3000), "gdsec": outcome(experiment, 11, 500)}
+    (line,) = experiment.floor_lines("p", problem, runs)
+    assert line == ("- p: 11 rounds = 1.10× GD's 10 (≤ 1.2×: met); 0.001 Mbit = 18.3% of GD's (≤ 20%: met)")
 
 
 def test_other_seeds_rerun_gd_gdsec_and_the_best_top_k(experiment):

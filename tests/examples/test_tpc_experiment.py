@@ -66,14 +66,14 @@ def test_the_floors_compare_tpc_with_gd_and_lag_at_the_target(experiment, tmp_pa
     runs = {
         "fp32": fake_run(tmp_path, "gd", [100 * b for b in kb], gaps),  # 300 kB at round 3
         "lag": fake_run(tmp_path, "lag", [20 * b for b in kb], gaps),  # 60 kB at round 3
-        "lag:xi=100": fake_run(tmp_path, "lag100", [10 * b for b in kb], [1e-3] * 5),  # never
+        "lag:xi=0.5": fake_run(tmp_path, "lag05", [10 * b for b in kb], [1e-3] * 5),  # never
         "tpc": fake_run(tmp_path, "tpc", [20 * b for b in kb], [1e-2, 1e-3, 1e-3, 1e-4, 1e-5]),
     }
     (line,) = experiment.floor_lines(7, problem, runs)
     assert line.startswith("- seed 7: 4 rounds = 1.33× GD's 3 (≤ 1.2×: NOT met); ")
     assert "0.640 Mbit = 26.7% of GD's (≤ 30%: met)" in line
     assert "`lag` 0.480 Mbit (fewer: NOT met)" in line
-    assert "`lag:xi=100` never reached (fewer: met)" in line
+    assert "`lag:xi=0.5` never reached (fewer: met)" in line
 
 
 def test_the_residual_share_is_what_the_encoders_reported(experiment):

@@ -2,15 +2,26 @@
 
 A client uploads its update only when it differs enough from the one it last
 uploaded; otherwise it sends a one-byte "skip" and the server reuses the last one.
-LAG-WK's trigger skips round k iff
+The paper's server sums, θ ← θ − α_p Σ_k ∇̂_k, and LAG-WK's trigger skips round t iff
 
-    ‖g(k) − ĝ‖² ≤ (1 / (α² K²)) · Σ_{d=1..D} (ξ/D) · ‖w(k+1−d) − w(k−d)‖²
+    ‖∇_k − ∇̂_k‖² ≤ (1 / (α_p² K²)) · Σ_{d=1..D} (ξ/D) · ‖θ(t+1−d) − θ(t−d)‖²
 
-with ĝ the last upload, α the step size, K the clients and the model changes from
-`RoundContext` (with no history the right side is 0 and every update is sent).
-rule="relative" needs no history: skip iff ‖g − ĝ‖² ≤ ξ·‖g‖².
+with ∇̂_k the last upload, K the clients and the model changes from `RoundContext`.
 
-Shared state: ĝ, one float32 array per tensor (zeros after a key frame).
+A server that averages. flcomp's servers (FedAvg and every strategy behind
+`flcomp.strategies`) take w ← w − α · (1/K) Σ_k x̂_k, where x is the update this codec
+compresses (Flower's model change Δ_k, the client's lr already in it; α =
+`RoundContext.lr`, 1 there). That is the paper's step with ∇_k = x_k and α_p = α/K, so
+its trigger reads, in the update's units,
+
+    ‖x − x̂‖² ≤ (1 / α²) · Σ_{d=1..D} (ξ/D) · ‖w(t+1−d) − w(t−d)‖²:
+
+K cancels. (Taking α_p = α, as an earlier version did, made the threshold K² too strict.)
+With no history the right side is 0 and every update is sent; FedAvg's weighted mean
+with unequal weights is taken as the plain mean here.
+rule="relative" needs no history: skip iff ‖x − x̂‖² ≤ ξ·‖x‖².
+
+Shared state: x̂, one float32 array per tensor (zeros after a key frame).
 
     u8 sent (0 or 1) | if sent: every tensor as float32
 """
@@ -32,8 +43,9 @@ from flcomp.codecs.wire import PayloadReader, PayloadWriter
 @dataclass(frozen=True)
 class LAGConfig:
     xi: float = 1.0
-    """ξ, the trigger's weight. Larger: more skipped rounds, staler updates. The
-    relative rule needs ξ < 1 (try 0.1)."""
+    """ξ, the trigger's weight. 1 (default) is the paper's ξ for any number of clients
+    (the threshold accounts for the server's mean, see the module docstring). Larger:
+    more skipped rounds, staler updates. The relative rule needs ξ < 1 (try 0.1)."""
     memory: int = 10
     """D, how many past model changes LAG-WK's threshold sums (the paper's D = 10)."""
     rule: Literal["lag-wk", "relative"] = "lag-wk"
@@ -69,8 +81,9 @@ class LAG(Compressor):
             return c.xi * g_sq
         if ctx.lr == 0:  # the model does not move: LAG-WK's bound says nothing, so send
             return 0.0
+        # The paper's 1/(α_p K)² with α_p = α/K, the step a server that averages gives each client.
         changes = ctx.model_change_sq[: c.memory]
-        return (c.xi / c.memory) * float(sum(changes)) / (ctx.lr * ctx.num_clients) ** 2
+        return (c.xi / c.memory) * float(sum(changes)) / ctx.lr**2
 
     def encode(
         self,
