@@ -19,7 +19,6 @@ link) gets no budget in its first round. Without a deadline there is no budget.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from flwr.app import Message
 
 from flcomp import keyvalue
 from flcomp.channel import ChannelSimulator
+from flcomp.channel.loss import airtime
 from flcomp.protocol import records
 from flcomp.strategies.traffic import RoundTraffic
 
@@ -78,11 +78,11 @@ class DeadlineBudget:
         broadcast_s = 0.0
         if broadcast_bits and heard:
             whole = link.planned_qualities(server_round, heard, "downlink", self.outage, shared=False)
-            broadcast_s = _seconds(broadcast_bits, min(q.rate_bps for q in whole.values()))
+            broadcast_s = airtime(broadcast_bits, min(whole.values(), key=lambda q: q.rate_bps))
         typical = statistics.median(compute_s.values()) if compute_s else 0.0
         out = {}
         for c in clients:
-            receive = down[c].latency_s + _seconds(downlink_bits[c], down[c].rate_bps)
+            receive = down[c].latency_s + airtime(downlink_bits[c], down[c])
             receive += broadcast_s if c in listeners else 0.0
             rest = receive + compute_s.get(c, typical) + up[c].latency_s
             out[c] = max(0.0, up[c].rate_bps * (network.deadline_s - rest))
@@ -111,7 +111,3 @@ class DeadlineBudget:
                 traffic.budgets[m.metadata.dst_node_id] = budgets[client]
                 for record in m.content.config_records.values():
                     record[records.BUDGET_BITS] = budgets[client]
-
-
-def _seconds(bits: int, rate_bps: float) -> float:
-    return 0.0 if bits == 0 or math.isinf(rate_bps) else bits / rate_bps

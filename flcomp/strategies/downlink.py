@@ -190,7 +190,9 @@ class Broadcast:
             fresh = self.codec.decoder(records.spec_of(start))
             arrays = dict(self._key_frame(start, fresh).items())
             config[records.DOWNLINK_FINGERPRINT] = fresh.fingerprint
-        arrays |= self._raw() | dict(zip(records.catch_up_keys(len(chain)), self._payload_arrays(chain)))
+        arrays |= self._raw() | {
+            k: records.payload_array(self.codec, p) for k, p in zip(records.catch_up_keys(len(chain)), chain)
+        }
         record = ArrayRecord(arrays)
         if self.delivery == "unicast":
             return Sent(record, self._config() | config, on_air(record))
@@ -252,9 +254,6 @@ class Broadcast:
     def _raw(self) -> dict:
         """The replica's non-float arrays: they travel with every payload as they are."""
         return {k: a for k, a in self.replica.items() if not records.is_float(a)}
-
-    def _payload_arrays(self, chain: list[bytes]) -> list:
-        return [records.payload_array(self.codec, p) for p in chain]
 
     def _key_frame(self, replica: ArrayRecord, decoder: Decoder) -> ArrayRecord:
         """`replica` in full and `decoder`'s state arrays (its fingerprint goes in the instructions)."""
