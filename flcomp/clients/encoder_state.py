@@ -1,16 +1,19 @@
 """The client's encoder state in `context.state`, checked against what it was made for.
 
-Two records: a ConfigRecord (what the state was made for, its integers, and the name,
-dtype and shape of each array, as one text) and an ArrayRecord holding one Array, the
-arrays' bytes back to back. One Array rather than one per array, and one text rather
-than lists, because every client builds, stores and parses them each round, and
-Flower's records check every Array and list item they hold (tens of microseconds apiece).
+Two records: a ConfigRecord of one text entry, JSON of what the state was made for
+(codec, spec), its integers and the name, dtype and shape of each array (the layout),
+and an ArrayRecord holding one Array, the arrays' bytes back to back. One Array and
+one entry rather than one per value, because every client builds, stores and parses
+them each round, and Flower's records check every Array and entry they hold (microseconds
+apiece).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import operator
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -21,28 +24,31 @@ from flcomp.protocol import records
 _STATE_ARRAYS = records.CLIENT_STATE_PREFIX + "encoder.arrays"
 _STATE_META = records.CLIENT_STATE_PREFIX + "encoder.meta"
 _PACKED = "packed"
-_LAYOUT = "layout"
-"""The meta entry that describes the packed arrays: "name dtype shape" for each, one per
-line, the shape as "3,10000" ("" for a 0-d array); names hold no whitespace."""
+_META = "state"
+"""The meta record's entry: JSON {"codec": text, "spec": text, "integers": {name: int},
+"layout": [[name, dtype, shape], ...]}, the layout in the packed bytes' order."""
 
 
 def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) -> Encoder:
     """The encoder kept in a client's `context.state`, or a fresh one.
 
     A fresh encoder (in the initial state) replaces a stored one made for another
-    codec, spec or seed; its first payload then mismatches the server's decoder
-    fingerprint, and `Encoder.sync` turns it into a key frame.
+    codec, spec or seed, or one whose record is damaged; its first payload then mismatches
+    the server's decoder fingerprint, and `Encoder.sync` turns it into a key frame.
     """
     encoder = codec.encoder(spec, seed=seed)
-    meta = state.config_records.get(_STATE_META)
-    codec_text, spec_text = _state_tag(codec, spec)
-    if meta is None or meta.get("codec") != codec_text or meta.get("spec") != spec_text:
+    record = state.config_records.get(_STATE_META)
+    if record is None:
         return encoder
+    codec_text, spec_text = _state_tag(codec, spec)
     try:
-        stored = _unpack(state.array_records.get(_STATE_ARRAYS, ArrayRecord()), meta)
-        stored.update({k: int(v) for k, v in meta.items() if k not in ("codec", "spec", _LAYOUT)})
+        meta = json.loads(str(record.get(_META, "")))
+        if meta["codec"] != codec_text or meta["spec"] != spec_text:
+            return encoder
+        stored = _unpack(state.array_records.get(_STATE_ARRAYS, ArrayRecord()), meta["layout"])
+        stored.update({k: int(v) for k, v in meta["integers"].items()})
         encoder.load_state_dict(stored)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return codec.encoder(spec, seed=seed)
     return encoder
 
@@ -50,32 +56,29 @@ def load_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, seed: int) ->
 def save_encoder(state: RecordDict, codec: Codec, spec: ModelSpec, encoder: Encoder) -> None:
     """Store an encoder's state (pending step included) in a client's `context.state`."""
     codec_text, spec_text = _state_tag(codec, spec)
-    meta: dict = {"codec": codec_text, "spec": spec_text}
-    arrays = {}
+    integers, arrays = {}, {}
     for k, v in encoder.state_dict().items():
         if isinstance(v, np.ndarray):
             arrays[k] = v if v.flags.c_contiguous else v.copy()  # (ascontiguousarray makes 0-d arrays 1-d)
         else:
-            meta[k] = int(v)
-    meta[_LAYOUT] = "\n".join(f"{k} {a.dtype.str} {','.join(map(str, a.shape))}" for k, a in arrays.items())
+            integers[k] = int(v)
+    layout = [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]
+    meta = {"codec": codec_text, "spec": spec_text, "integers": integers, "layout": layout}
     data = b"".join(a.data for a in arrays.values())
     packed = Array(dtype="uint8", shape=(len(data),), stype="flcomp/state", data=data)
     state[_STATE_ARRAYS] = ArrayRecord({_PACKED: packed})
-    state[_STATE_META] = ConfigRecord(meta)
+    state[_STATE_META] = ConfigRecord({_META: json.dumps(meta)})
 
 
-def _unpack(record: ArrayRecord, meta: ConfigRecord) -> dict[str, np.ndarray]:
-    """The arrays `save_encoder` packed (read-only views); ValueError if they do not fit `meta`."""
-    lines = [line.split(" ") for line in str(meta.get(_LAYOUT, "")).split("\n") if line]
-    if any(len(fields) != 3 for fields in lines):
-        raise ValueError("the stored state's layout is inconsistent")
+def _unpack(record: ArrayRecord, layout: list) -> dict[str, np.ndarray]:
+    """The arrays `save_encoder` packed (read-only views); ValueError if they do not fit `layout`."""
     data = record[_PACKED].data if _PACKED in record else b""
     out, offset = {}, 0
-    for name, dtype, shape_text in lines:
+    for name, dtype, shape in layout:
         dtype = np.dtype(dtype)
         if dtype.kind not in "biuf":
             raise ValueError(f"stored array {name!r} has dtype {dtype}")
-        shape = tuple(int(n) for n in shape_text.split(",")) if shape_text else ()
+        shape = tuple(operator.index(n) for n in shape)
         count = math.prod(shape)
         if any(n < 0 for n in shape) or offset + count * dtype.itemsize > len(data):
             raise ValueError("the stored state is shorter than its layout")

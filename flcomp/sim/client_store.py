@@ -8,15 +8,20 @@ to the actor that runs the client and back, and `InlineGrid` holds every node's 
 memory. `ClientStore`, the outermost mod of a simulated ClientApp, keeps that state in
 a file per client instead:
 
-    <directory>/<partition-id>.state     b"FLCS", CRC-32 of the body (u32 LE), the body: the
-                                         records as Flower's own protobuf RecordDict (no pickle)
+    <directory>/<partition-id>.state     b"FLC2", CRC-32 of the rest (u32 LE), then:
+        u32 LE   length of the index
+        index    JSON: {"small": bytes of the small records,
+                        "arrays": {record key: [[name, dtype, shape, stype, bytes], ...]}}
+        small    the records that are not ArrayRecords (ConfigRecords, MetricRecords) as
+                 Flower's own protobuf RecordDict (no pickle)
+        arrays   each ArrayRecord's Arrays' bytes as they are, in the index's order
 
 (a simulated run's `directory` is results/<run>/client-state/, `STORE_DIR`).
 
 Before a train instruction reaches the inner mods it moves the client's stored records
 into `context.state`; after the reply (or an exception) it moves them back out, so the
-Context holds none of them between rounds. Flower's protobuf keeps each Array's bytes as
-they are (an .npz parses a header per array: at 1,000 clients a round, that shows).
+Context holds none of them between rounds. The Arrays' bytes are written and read as they
+are, not through protobuf (at 1,000 clients a round, every copy and parse shows).
 Files, not a per-process dict, so that every
 Ray actor on the machine sees the same state whichever actor Ray runs a client on, and
 runs stay reproducible.
@@ -37,6 +42,7 @@ without an flcomp codec (evaluation, a plain strategy's rounds) leave the store 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -44,7 +50,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
@@ -57,8 +63,9 @@ log = logging.getLogger(__name__)
 
 STORE_DIR = "client-state"
 """The store's directory inside a run's results directory (`flcomp.sim.apps.client_app`)."""
-_MAGIC = b"FLCS"
+_MAGIC = b"FLC2"
 _HEADER = struct.Struct("<4sI")
+_INDEX_LENGTH = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -117,11 +124,24 @@ class ClientStore:
         keys = [k for k in context.state.keys() if k.startswith(records.CLIENT_STATE_PREFIX)]
         if not keys:
             return
-        body = recorddict_to_proto(RecordDict({k: context.state[k] for k in keys})).SerializeToString()
+        body = _serialise({k: context.state[k] for k in keys})
         path.parent.mkdir(parents=True, exist_ok=True)
         _overwrite(path, _HEADER.pack(_MAGIC, crc32(body)) + body)
         for k in keys:
             del context.state[k]
+
+
+def _serialise(stored: dict) -> bytes:
+    """The body of a state file (see the module docstring) holding the records `stored`."""
+    small = RecordDict({k: r for k, r in stored.items() if not isinstance(r, ArrayRecord)})
+    small_bytes = recorddict_to_proto(small).SerializeToString()
+    arrays, blobs = {}, [small_bytes]
+    for key, record in stored.items():
+        if isinstance(record, ArrayRecord):
+            arrays[key] = [[n, a.dtype, list(a.shape), a.stype, len(a.data)] for n, a in record.items()]
+            blobs += [a.data for a in record.values()]
+    index = json.dumps({"small": len(small_bytes), "arrays": arrays}).encode()
+    return b"".join([_INDEX_LENGTH.pack(len(index)), index, *blobs])
 
 
 def _overwrite(path: Path, data: bytes) -> None:
@@ -147,9 +167,28 @@ def _parse(data: bytes) -> RecordDict:
     body = memoryview(data)[_HEADER.size :]
     if magic != _MAGIC or crc32(body) != crc:
         raise ValueError("not a client state file, or damaged (CRC-32)")
-    proto = RecordDictProto()
     try:
-        proto.ParseFromString(body)
-        return recorddict_from_proto(proto)
-    except (DecodeError, ValueError, TypeError) as e:
-        raise ValueError(f"unreadable records ({e})") from None
+        (length,) = _INDEX_LENGTH.unpack_from(body)
+        index = json.loads(bytes(body[_INDEX_LENGTH.size : _INDEX_LENGTH.size + length]))
+        offset = _INDEX_LENGTH.size + length
+        if not (isinstance(index["small"], int) and 0 <= index["small"] <= len(body) - offset):
+            raise ValueError("the small records run past the end of the file")
+        proto = RecordDictProto()
+        proto.ParseFromString(body[offset : offset + index["small"]])
+        stored = recorddict_from_proto(proto)
+        offset += index["small"]
+        for key, layout in index["arrays"].items():
+            record = ArrayRecord()
+            for name, dtype, shape, stype, nbytes in layout:
+                if not 0 <= nbytes <= len(body) - offset:
+                    raise ValueError("an array runs past the end of the file")
+                record[name] = Array(
+                    dtype=dtype, shape=tuple(shape), stype=stype, data=bytes(body[offset : offset + nbytes])
+                )
+                offset += nbytes
+            stored[key] = record
+    except (DecodeError, ValueError, TypeError, KeyError, AttributeError, struct.error) as e:
+        raise ValueError(f"unreadable records ({e!r})") from None
+    if offset != len(body):
+        raise ValueError("the file is longer than its index")
+    return stored

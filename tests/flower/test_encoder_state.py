@@ -3,6 +3,8 @@ layout gives a fresh encoder (whose first payload becomes a key frame), never a 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
@@ -48,19 +50,32 @@ def test_a_saved_encoder_loads_bit_for_bit():
 @pytest.mark.parametrize(
     "layout",
     [
-        "ef/0 <f4",  # two fields
-        "ef/0 |O8 120",  # not a number array
-        "ef/0 <f4 -120",  # negative shape
-        "ef/0 <f4 99999999",  # longer than the data
-        "ef/0 <f4 3",  # shorter than the data
-        "ef/0 nonsense 120",
-        "ef/0 <f4 x,y",
+        [["ef/0", "<f4"]],  # two fields
+        [["ef/0", "|O8", [120]]],  # not a number array
+        [["ef/0", "<f4", [-120]]],  # negative shape
+        [["ef/0", "<f4", [99999999]]],  # longer than the data
+        [["ef/0", "<f4", [3]]],  # shorter than the data
+        [["ef/0", "nonsense", [120]]],
+        [["ef/0", "<f4", ["x", "y"]]],
+        [["ef/0", "<f4", [1.5]]],
+        "ef/0 <f4 120",  # not a list
+        None,
     ],
 )
 def test_a_damaged_layout_gives_a_fresh_encoder(layout):
     state, _ = trained_state()
-    meta = dict(state.config_records[META])
-    state[META] = ConfigRecord(meta | {"layout": layout})
+    meta = json.loads(state.config_records[META]["state"])
+    state[META] = ConfigRecord({"state": json.dumps(meta | {"layout": layout})})
+    assert is_fresh(encoder_state.load_encoder(state, CODEC, SPEC, seed=1))
+
+
+@pytest.mark.parametrize("text", ["", "{not json", "[]", '{"codec": 1}', '{"integers": {"steps": "x"}}'])
+def test_damaged_meta_gives_a_fresh_encoder(text):
+    state, _ = trained_state()
+    meta = json.loads(state.config_records[META]["state"])
+    if text.startswith('{"integers"'):
+        text = json.dumps(meta | json.loads(text))
+    state[META] = ConfigRecord({"state": text})
     assert is_fresh(encoder_state.load_encoder(state, CODEC, SPEC, seed=1))
 
 

@@ -91,7 +91,18 @@ DAMAGES = {
     "truncated": lambda data: data[: len(data) // 2],
     "one byte flipped": lambda data: data[:-100] + bytes([data[-100] ^ 1]) + data[-99:],
     "a valid CRC over garbage": lambda data: data[:4] + struct.pack("<I", crc32(b"x" * 9)) + b"x" * 9,
+    "a valid CRC over an index past the end": lambda data: forged(
+        b'{"small": 0, "arrays": {"k": [["a", "uint8", [9], "s", 999999]]}}'
+    ),
+    "a valid CRC over an index of the wrong kind": lambda data: forged(b'{"small": 0, "arrays": [1, 2]}'),
+    "a valid CRC over an index longer than the file": lambda data: forged(b"{}", length=10**6),
 }
+
+
+def forged(index: bytes, length: int | None = None) -> bytes:
+    """A state file with a correct CRC-32 over `index` (its length field `length`) and nothing else."""
+    body = struct.pack("<I", len(index) if length is None else length) + index
+    return b"FLC2" + struct.pack("<I", crc32(body)) + body
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
