@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from flcomp.channel import Channel
+from flcomp.codecs import Codec
 from flcomp.strategies.budget import DeadlineBudget
 from flcomp.strategies.downlink import DELIVERIES
 from flcomp.tasks import TaskConfig
@@ -68,6 +69,13 @@ class RunConfig:
     `flcomp run --resume` continues the run; None: no checkpoints."""
 
     def __post_init__(self) -> None:
+        # A misspelt codec or channel fails here, not when the run's first round starts. (A trace
+        # channel's file is read when the run starts: a stored config outlives its trace.)
+        Codec.parse(self.codec)
+        if self.downlink is not None:
+            Codec.parse(self.downlink)
+        if self.channel is not None and not self.channel.startswith("trace"):
+            Channel.parse(self.channel)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")
         if self.downlink_delivery not in DELIVERIES:

@@ -340,6 +340,11 @@ def test_task_config_refuses_bad_values(kwargs):
         dict(client_cpus=0.0),
         dict(seed=-1),
         dict(downlink_delivery="multicast"),
+        dict(codec="topkk"),
+        dict(codec="topk:ratio=2"),
+        dict(downlink="fp33"),
+        dict(channel="urban-sub7"),
+        dict(channel="urban-sub6:deadline_s=nan"),
     ],
 )
 def test_run_config_refuses_bad_values(kwargs):
