@@ -134,7 +134,8 @@ def serve(
         metrics = task.evaluate([to_numpy(arrays[k]) for k in task.keys])
         traffic = strategy.traffic.get(server_round)
         sent = RoundTraffic.empty_row(config.channel is not None) | (traffic.row() if traffic else {})
-        on_round(recorder.add_round({"round": server_round, **sent, **metrics}))
+        clients = traffic.client_rows() if traffic else []
+        on_round(recorder.add_round({"round": server_round, **sent, **metrics}, clients))
         every = config.checkpoint_every
         if every and server_round > 0 and server_round % every == 0:
             state = Checkpoint(

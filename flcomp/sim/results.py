@@ -1,14 +1,17 @@
-"""A run's results directory: config.json, rounds.csv (one row per round), summary.json."""
+"""A run's results directory: config.json, rounds.csv (one row per round), clients.csv (one row
+per instructed client and round: `flcomp.strategies.traffic.CLIENT_COLUMNS`), summary.json."""
 
 from __future__ import annotations
 
 import csv
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flcomp.strategies import RoundTraffic
+from flcomp.strategies.traffic import CLIENT_COLUMNS
 
 _CUMULATIVE = {"uplink_bytes": "downlink_bytes", "virtual_seconds": "virtual_seconds", "energy_j": "energy_j"}
 """Columns summed over the rounds so far (into cumulative_<column>) when a row has them, each
@@ -59,6 +62,8 @@ class RunRecorder:
         (self.directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         with open(self.directory / "rounds.csv", "w", newline="") as f:
             csv.writer(f).writerow(self.columns)
+        with open(self.directory / "clients.csv", "w", newline="") as f:
+            csv.writer(f).writerow(CLIENT_COLUMNS)
 
     def resume(self, rows: list[dict]) -> None:
         """Go on from a checkpoint's `rows`: rounds.csv is cut back to them (a killed run may have
@@ -71,10 +76,19 @@ class RunRecorder:
             out.writerow(self.columns)
             out.writerows([row.get(k, "") for k in self.columns] for row in self.rows)
         tmp.replace(path)
+        last = int(self.rows[-1]["round"]) if self.rows else 0
+        kept = [r for r in _client_rows(self.directory / "clients.csv") if int(r["round"]) <= last]
+        tmp = self.directory / ".clients.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            out = csv.DictWriter(f, CLIENT_COLUMNS, extrasaction="ignore")
+            out.writeheader()
+            out.writerows(kept)
+        tmp.replace(self.directory / "clients.csv")
         self._start = time.perf_counter() - float(self.rows[-1]["wall_seconds"]) if self.rows else self._start
 
-    def add_round(self, row: dict) -> dict:
-        """Append a row (missing columns stay empty); returns it with the derived columns."""
+    def add_round(self, row: dict, clients: Iterable[dict] = ()) -> dict:
+        """Append a row (missing columns stay empty) to rounds.csv and the round's `clients` rows
+        (`RoundTraffic.client_rows`) to clients.csv; returns the row with the derived columns."""
         last = self.rows[-1] if self.rows else {}
         row = {
             **row,
@@ -88,6 +102,9 @@ class RunRecorder:
         self.rows.append(row)
         with open(self.directory / "rounds.csv", "a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self.columns])
+        with open(self.directory / "clients.csv", "a", newline="") as f:
+            out = csv.DictWriter(f, CLIENT_COLUMNS, extrasaction="ignore")
+            out.writerows({**c, "round": row["round"]} for c in clients)
         return row
 
     def finish(self) -> dict:
@@ -108,6 +125,15 @@ class RunRecorder:
         }
         (self.directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _client_rows(path: Path) -> list[dict]:
+    """The whole rows of a clients.csv (none if it is missing: a run from before it existed);
+    a row cut short (a run killed while writing it) or without a round number is left out."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if None not in r.values() and r.get("round", "").isdigit()]
 
 
 def load_run(directory: Path) -> tuple[dict, list[dict], dict]:

@@ -50,6 +50,12 @@ averaged like the inner strategy's client metrics), but for the codec state's si
 
 The stat columns come last in rounds.csv, one for each name the codecs declare
 (`Compressor.stats`, `stat_columns`).
+
+Per client (`client_rows`, a simulation's clients.csv): one row per instructed node and
+round, with its client id, its own downlink bytes (under broadcast delivery, besides the
+broadcast), its payload's bytes, its bit budget, "accepted" or why it was dropped, and
+with a channel its round on the virtual clock (delivered, downlink_s, compute_s, uplink_s,
+uplink_airtime_s, energy_j: `flcomp.channel.ClientOutcome`).
 """
 
 from __future__ import annotations
@@ -110,6 +116,19 @@ _CHANNEL_FIELDS = (
     _Field("downlink_energy_j", "flcomp.downlink-energy-j", lambda r: r.downlink_energy_j),
 )
 """The fields of a round on a simulated network: value of its RoundReport."""
+CLIENT_CHANNEL_COLUMNS = ("delivered", "downlink_s", "compute_s", "uplink_s", "uplink_airtime_s", "energy_j")
+"""clients.csv's columns from the client's `ClientOutcome` (empty without a channel)."""
+CLIENT_COLUMNS = (
+    "round",
+    "client",
+    "node",
+    "downlink_bytes",
+    "uplink_bytes",
+    "budget_bits",
+    "outcome",
+    *CLIENT_CHANNEL_COLUMNS,
+)
+"""clients.csv's columns: one row per instructed client and round (`RoundTraffic.client_rows`)."""
 
 
 @dataclass
@@ -135,6 +154,8 @@ class RoundTraffic:
     """The nodes that need the round's broadcast."""
     budgets: dict[int, float] = field(default_factory=dict)
     """node → the bit budget its instruction carried (`flcomp.strategies.budget`)."""
+    uploads: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """node → (its client id, its payload's bytes), for each reply that passed the checks."""
     over_budget: int = 0
     """The budgeted clients whose payload was longer than their budget."""
     side_bytes: int = 0
@@ -214,6 +235,22 @@ class RoundTraffic:
             self.stats[name] = self.stats.get(name, 0.0) + _reported(
                 metrics, records.STAT_PREFIX + name, node
             )
+
+    def client_rows(self) -> list[dict[str, int | float | str]]:
+        """One clients.csv row (`CLIENT_COLUMNS` but the round) per instructed node, by node id:
+        its client id and payload bytes (empty when no checked reply came), its own downlink bytes,
+        its budget, "accepted" or why it was dropped, and its round on the simulated network."""
+        rows = []
+        for node in sorted(self.downlink_bytes_by_node):
+            client, sent = self.uploads.get(node, ("", ""))
+            outcome = self.dropped.get(node, "accepted" if node in self.uploads else "no reply")
+            row = {"client": client, "node": node, "downlink_bytes": self.downlink_bytes_by_node[node]}
+            row |= {"uplink_bytes": sent, "budget_bits": self.budgets.get(node, ""), "outcome": outcome}
+            on_air = self.channel.clients.get(client) if self.channel is not None and client != "" else None
+            if on_air is not None:
+                row |= {k: getattr(on_air, k) for k in CLIENT_CHANNEL_COLUMNS}
+            rows.append(row)
+        return rows
 
     def to_metrics(self) -> dict[str, int | float]:
         """The round's metrics (the module docstring's names)."""

@@ -34,8 +34,8 @@ VOLATILE = {"wall_seconds", "encode_seconds"}
 CLI_TASK = ["--dataset", "digits", "--model", "logreg", "--num-clients", "4", "--lr", "0.1"]
 
 
-def stable_rows(directory) -> list[dict]:
-    with open(directory / "rounds.csv", newline="") as f:
+def stable_rows(directory, name: str = "rounds.csv") -> list[dict]:
+    with open(directory / name, newline="") as f:
         return [{k: v for k, v in row.items() if k not in VOLATILE} for row in csv.DictReader(f)]
 
 
@@ -358,6 +358,9 @@ def test_killed_and_resumed_inline_run_is_the_uninterrupted_run(tmp_path, name):
     resumed, straight = stable_rows(tmp_path / "resumed"), stable_rows(tmp_path / "straight")
     assert [r["round"] for r in resumed] == [str(r) for r in range(41)]
     assert resumed == straight
+    assert stable_rows(tmp_path / "resumed", "clients.csv") == stable_rows(
+        tmp_path / "straight", "clients.csv"
+    )
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     expected = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert {k: v for k, v in summary.items() if k != "wall_seconds"} == {

@@ -104,6 +104,8 @@ def test_inline_engine_matches_flowers_simulation_engine(tmp_path, fraction):
         progress=False,
     )
     assert stable_rows(tmp_path / "ray") == stable_rows(tmp_path / "inline")
+    clients = [(tmp_path / e / "clients.csv").read_text() for e in ("ray", "inline")]
+    assert clients[0] == clients[1] and len(clients[0].splitlines()) > 1
 
 
 def test_inline_runs_with_client_sampling_are_reproducible(tmp_path):

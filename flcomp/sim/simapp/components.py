@@ -9,7 +9,7 @@ import importlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -107,10 +107,10 @@ class _RunnerBound(RunRecorder):
 
     runner: int = 0
 
-    def add_round(self, row: dict) -> dict:
+    def add_round(self, row: dict, clients: Iterable[dict] = ()) -> dict:
         if not _alive(self.runner):
             raise RuntimeError(f"the runner (process {self.runner}) is gone: the run stops")
-        return super().add_round(row)
+        return super().add_round(row, clients)
 
 
 @server.main()
