@@ -170,7 +170,9 @@ class CellLink(LinkModel):
         fadings, sharings = typing.get_args(radio.Fading), typing.get_args(Sharing)
         if self.fading not in fadings or self.sharing not in sharings:
             raise ValueError(f"fading must be one of {fadings} and sharing one of {sharings}")
-        self._average: dict[tuple[Direction, int], float] = {}
+        self.fair_averages: dict[tuple[Direction, int], float] = {}
+        """Proportional-fair sharing's running rate averages, (direction, client) → bit/s: the
+        state earlier rounds leave (what a checkpoint saves); empty under other sharings."""
 
     def distance_m(self, client: int) -> float:
         """The client's distance to the base station (fixed for the run)."""
@@ -195,14 +197,14 @@ class CellLink(LinkModel):
         share = np.full(n, band if self.sharing == "dedicated" else band / n)
         if self.sharing == "proportional-fair":
             at_equal, _ = self._rates(received, share, nf)
-            average = np.array([self._average.get((direction, c), r) for c, r in zip(clients, at_equal)])
+            average = np.array([self.fair_averages.get((direction, c), r) for c, r in zip(clients, at_equal)])
             weight = at_equal / average
             share = band * weight / weight.sum()
         rate, snr = self._rates(received, share, nf)
         if self.sharing == "proportional-fair":
             step = 1.0 / self.fair_window
             for c, r, a in zip(clients, rate, average):
-                self._average[(direction, c)] = (1 - step) * a + step * r
+                self.fair_averages[(direction, c)] = (1 - step) * a + step * r
         return {
             c: LinkQuality(float(r), self.latency_s, float(s), power) for c, r, s in zip(clients, rate, snr)
         }

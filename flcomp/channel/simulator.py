@@ -157,7 +157,7 @@ class ChannelSimulator:
     def state_dict(self) -> dict[str, list]:
         """What the earlier rounds left, as JSON-able lists: a cell's proportional-fair running
         rate averages, [direction, client, bit/s] (empty for every other link)."""
-        averages = self.link._average if isinstance(self.link, CellLink) else {}
+        averages = self.link.fair_averages if isinstance(self.link, CellLink) else {}
         return {"fair_average": [[d, c, r] for (d, c), r in sorted(averages.items())]}
 
     def load_state_dict(self, state: Mapping[str, list]) -> None:
@@ -174,7 +174,7 @@ class ChannelSimulator:
                 raise ValueError(f"channel state: bad running average {row!r}")
             averages[(d, c)] = float(r)
         if isinstance(self.link, CellLink):
-            self.link._average = averages
+            self.link.fair_averages = averages
 
     def run_round(
         self, server_round: int, loads: Mapping[int, ClientLoad], broadcast_bits: int = 0
