@@ -69,12 +69,12 @@ class RunConfig:
     `flcomp run --resume` continues the run; None: no checkpoints."""
 
     def __post_init__(self) -> None:
-        # A misspelt codec or channel fails here, not when the run's first round starts. (A trace
-        # channel's file is read when the run starts: a stored config outlives its trace.)
+        # A misspelt codec or channel (or a trace file that is not there) fails here, not when
+        # the run's first round starts.
         Codec.parse(self.codec)
         if self.downlink is not None:
             Codec.parse(self.downlink)
-        if self.channel is not None and not self.channel.startswith("trace"):
+        if self.channel is not None:
             Channel.parse(self.channel)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; one of {sorted(STRATEGIES)}")

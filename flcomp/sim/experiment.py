@@ -102,7 +102,7 @@ def finished(r: Run) -> bool:
         return False
     try:  # a config written before a field was added holds that field's default
         return RunConfig.from_dict(json.loads(config.read_text())) == r.config
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OSError):  # OSError: its channel's trace file is gone
         return False
 
 

@@ -60,30 +60,22 @@ class RunRecorder:
     def start(self, config: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        with open(self.directory / "rounds.csv", "w", newline="") as f:
-            csv.writer(f).writerow(self.columns)
-        with open(self.directory / "clients.csv", "w", newline="") as f:
-            csv.writer(f).writerow(CLIENT_COLUMNS)
+        _write_csv(self.directory / "rounds.csv", self.columns, [], "w")
+        _write_csv(self.directory / "clients.csv", CLIENT_COLUMNS, [], "w")
 
     def resume(self, rows: list[dict]) -> None:
         """Go on from a checkpoint's `rows`: rounds.csv is cut back to them (a killed run may have
         written later rounds) and the wall clock goes on from the last one's wall_seconds."""
         self.rows = [dict(r) for r in rows]
-        path = self.directory / "rounds.csv"
-        tmp = path.with_name(".rounds.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(self.columns)
-            out.writerows([row.get(k, "") for k in self.columns] for row in self.rows)
-        tmp.replace(path)
         last = int(self.rows[-1]["round"]) if self.rows else 0
-        kept = [r for r in _client_rows(self.directory / "clients.csv") if int(r["round"]) <= last]
-        tmp = self.directory / ".clients.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            out = csv.DictWriter(f, CLIENT_COLUMNS, extrasaction="ignore")
-            out.writeheader()
-            out.writerows(kept)
-        tmp.replace(self.directory / "clients.csv")
+        clients = [r for r in _client_rows(self.directory / "clients.csv") if int(r["round"]) <= last]
+        for name, columns, kept in (
+            ("rounds.csv", self.columns, self.rows),
+            ("clients.csv", CLIENT_COLUMNS, clients),
+        ):
+            tmp = self.directory / f".{name}.tmp"
+            _write_csv(tmp, columns, kept, "w")
+            tmp.replace(self.directory / name)
         self._start = time.perf_counter() - float(self.rows[-1]["wall_seconds"]) if self.rows else self._start
 
     def add_round(self, row: dict, clients: Iterable[dict] = ()) -> dict:
@@ -100,11 +92,13 @@ class RunRecorder:
             "wall_seconds": round(time.perf_counter() - self._start, 3),
         }
         self.rows.append(row)
-        with open(self.directory / "rounds.csv", "a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in self.columns])
-        with open(self.directory / "clients.csv", "a", newline="") as f:
-            out = csv.DictWriter(f, CLIENT_COLUMNS, extrasaction="ignore")
-            out.writerows({**c, "round": row["round"]} for c in clients)
+        _write_csv(self.directory / "rounds.csv", self.columns, [row], "a")
+        _write_csv(
+            self.directory / "clients.csv",
+            CLIENT_COLUMNS,
+            [{**c, "round": row["round"]} for c in clients],
+            "a",
+        )
         return row
 
     def finish(self) -> dict:
@@ -125,6 +119,16 @@ class RunRecorder:
         }
         (self.directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict], mode: str) -> None:
+    """Write `rows` under `columns` (a missing value an empty cell, others ignored): a new file
+    with its header (mode "w"), or appended to one (mode "a")."""
+    with open(path, mode, newline="") as f:
+        out = csv.DictWriter(f, list(columns), restval="", extrasaction="ignore")
+        if mode == "w":
+            out.writeheader()
+        out.writerows(rows)
 
 
 def _client_rows(path: Path) -> list[dict]:

@@ -189,7 +189,6 @@ class Compressed(Strategy):
         traffic.dropped |= check.refused
         self.client_ids.release(check.silent)
         uploads = check.uploads
-        traffic.uplink_bytes = sum(len(u.payload) for u in uploads.values())
         traffic.uploads = {n: (u.client, len(u.payload)) for n, u in uploads.items()}
         traffic.over_budget = sum(
             8 * len(u.payload) > traffic.budgets.get(n, math.inf) for n, u in uploads.items()

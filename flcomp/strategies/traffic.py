@@ -139,7 +139,6 @@ class RoundTraffic:
     COLUMNS: ClassVar[tuple[str, ...]] = tuple(f.column for f in _FIELDS + _CHANNEL_FIELDS)
     """rounds.csv's traffic columns, in order (the channel's stay empty without one)."""
 
-    uplink_bytes: int = 0
     downlink_bytes: int = 0
     accepted: int = 0
     dropped: dict[int, str] = field(default_factory=dict)
@@ -183,6 +182,11 @@ class RoundTraffic:
     """‖e‖₂ of the server's error memory after the round's payload (`Broadcast.memory_norm`)."""
     server_memory_ratio: float | None = None
     """The server's error memory relative to the decoded change (`Broadcast.memory_ratio`)."""
+
+    @property
+    def uplink_bytes(self) -> int:
+        """Payload bytes received: the checked replies', lost on the channel or not."""
+        return sum(sent for _, sent in self.uploads.values())
 
     @property
     def uplink_contraction(self) -> float | None:

@@ -24,7 +24,8 @@ def outcome(delivered: bool) -> ClientOutcome:
 
 
 def a_round() -> RoundTraffic:
-    t = RoundTraffic(uplink_bytes=300, accepted=2, dropped={7: "channel: deadline"}, encode_seconds=0.1234567)
+    t = RoundTraffic(accepted=2, dropped={7: "channel: deadline"}, encode_seconds=0.1234567)
+    t.uploads = {1: (0, 100), 2: (1, 200)}  # 300 uplink bytes
     t.channel = RoundReport(0.7, {0: outcome(True), 1: outcome(True), 2: outcome(False)})
     t.stats, t.downlink_stats = {"entries_sent": 34.0}, {"flips": 3.0}
     t.uplink_contractions = [0.25, 1.0]
@@ -51,7 +52,7 @@ def test_metrics_and_row_report_the_same_fields():
 
 
 def test_without_a_channel_there_are_no_channel_fields():
-    t = RoundTraffic(uplink_bytes=10)
+    t = RoundTraffic(uploads={1: (0, 10)})
     assert "virtual_seconds" not in t.row() and "flcomp.virtual-seconds" not in t.to_metrics()
     assert RoundTraffic.empty_row(channel=False) == {"uplink_bytes": 0}
     assert RoundTraffic.empty_row(channel=True) == {
