@@ -8,7 +8,9 @@ plain round's. The ClientApp carries `compression_mod`, which passes plain FedAv
 instructions through untouched, and the simulation's client-state store
 (`flcomp.sim.client_store`), which keeps codec state out of Flower's per-message
 Context. The "training" is one cheap NumPy step on an MLP-shaped model of `--entries`
-float32 weights, so the time is Flower's and the codec path's.
+float32 weights, so the time is Flower's and the codec path's. On Ray the clients run in
+`--actors` single-CPU actors (default 1, as Flower's default client resources give on a 2-core
+machine; see benchmarks/sim_overhead.py for what 2 actors on 2 cores measure).
 
 Columns: wall seconds per round (plain, wrapped, their ratio), the process's peak RSS
 (the server's process; on Ray the clients run in actor processes beside it), and codec
@@ -23,7 +25,8 @@ and that simulation's plain rounds within 10% of the fp32 one's; with the bound 
 peak RSS at 10,000 clients ≤ 1.5× that at 1,000 for the same cohort size (1% of 10,000
 against 10% of 1,000) and codec.
 
-    python benchmarks/scale.py [--engines ray inline] [--rounds 6] [--entries 20000] [--only 10000:0.01 ...]
+    python benchmarks/scale.py [--engines ray inline] [--rounds 6] [--entries 20000] [--actors 1]
+                               [--only 10000:0.01 ...]
     python benchmarks/scale.py --cell ENGINE CLIENTS FRACTION CODEC   (one cell; prints JSON)
 """
 
@@ -197,7 +200,7 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 def cell(
-    engine: str, clients: int, fraction: float, codec: str, rounds: int, entries: int, bound: int
+    engine: str, clients: int, fraction: float, codec: str, rounds: int, entries: int, bound: int, actors: int
 ) -> Cell:
     """Measure one cell: inline in this process, on Ray in the Simulation Runtime's (whose peak
     RSS is then the server's and the engine's, the clients' actors beside it)."""
@@ -216,11 +219,10 @@ def cell(
                 "store": str(tmp / "store"),
                 "out": str(tmp / "out.json"),
             }
-            federation = {"num-supernodes": clients, "client-resources-num-cpus": 1, "init-args-num-cpus": 2}
             flwr_run(
                 tmp / "pyproject.toml",
                 config,
-                federation,
+                overhead.federation(clients, actors),
                 tmp / "flower.log",
                 files=[Path(__file__), Path(overhead.__file__)],
             )
@@ -235,7 +237,7 @@ def cell(
 
 def measure_in_subprocess(args: argparse.Namespace, *spec) -> Cell:
     command = [sys.executable, __file__, "--cell", *map(str, spec), "--rounds", str(args.rounds)]
-    command += ["--entries", str(args.entries), "--bound", str(args.bound)]
+    command += ["--entries", str(args.entries), "--bound", str(args.bound), "--actors", str(args.actors)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"cell {spec} failed:\n{done.stderr[-3000:]}")
@@ -253,13 +255,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6, help="timed rounds per strategy (after one warm-up)")
     ap.add_argument("--entries", type=int, default=20_000, help="float32 weights in the model")
     ap.add_argument("--bound", type=int, default=0, help="max_client_states (0: twice the cohort)")
+    ap.add_argument("--actors", type=int, default=1, help="single-CPU Ray actors running the clients")
     ap.add_argument(
         "--cell", nargs=4, metavar=("ENGINE", "CLIENTS", "FRACTION", "CODEC"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
     if args.cell:
         engine, clients, fraction, codec = args.cell
-        result = cell(engine, int(clients), float(fraction), codec, args.rounds, args.entries, args.bound)
+        spec = (engine, int(clients), float(fraction), codec)
+        result = cell(*spec, args.rounds, args.entries, args.bound, args.actors)
         print(json.dumps(asdict(result)))
         return
 
@@ -278,7 +282,8 @@ def main() -> None:
 def print_table(results: list[Cell], args: argparse.Namespace) -> None:
     weights = sum(a.numpy().size for a in initial_model(args.entries).values())
     print(
-        f"\nMedian wall seconds per round, {args.rounds} rounds each, model of {weights:,} float32 weights:\n"
+        f"\nMedian wall seconds per round, {args.rounds} rounds each, model of {weights:,} float32 weights,"
+        f" {args.actors} Ray actor(s) on Ray:\n"
     )
     head = ["engine", "clients", "per round", "codec", "plain s", "wrapped s", "wrapped/plain"]
     head += ["peak RSS MB", "server state B/client", "client state B/client"]

@@ -3,7 +3,10 @@
 Plain FedAvg, `Compressed(FedAvg, codec="fp32")` (the identity codec) and
 `Compressed(FedAvg, codec="topk")` (1%, error feedback) on Flower's Simulation Runtime
 (`flwr run` on a SuperLink of its own, `flcomp.sim.simapp.launch.flwr_run`; this file is the
-app: `server` and `client`) with two single-CPU Ray actors, every client training every round. The "training"
+app: `server` and `client`) with `--actors` single-CPU Ray actors (default 1: what Flower's
+default client resources, 2 CPUs a client, give on a 2-core machine; with 2 on 2 cores the
+actors and the Simulation Runtime's process contend for the cores, and the wrapper's client work
+then slows the engine's driver too), every client training every round. The "training"
 is one cheap NumPy step on an MLP-shaped model of about `--entries` float32 weights,
 so the time is Flower's and the codec path's.
 
@@ -222,8 +225,13 @@ def uplink_bytes(strategy: Strategy, clients: int, arrays: ArrayRecord, metrics:
     return int(metrics[records.UPLINK_BYTES])
 
 
+def federation(clients: int, actors: int) -> dict[str, int]:
+    """Flower's federation config: `clients` SuperNodes run by `actors` single-CPU Ray actors."""
+    return {"num-supernodes": clients, "client-resources-num-cpus": 1, "init-args-num-cpus": actors}
+
+
 def simulate(
-    codec: str | None, with_mod: bool, clients: int, rounds: int, entries: int, pull: float
+    codec: str | None, with_mod: bool, clients: int, rounds: int, entries: int, pull: float, actors: int
 ) -> list[Series]:
     """One simulation: plain FedAvg alternating with `Compressed(FedAvg, codec)`, or alone."""
     with tempfile.TemporaryDirectory(prefix="flcomp-overhead-") as tmp:
@@ -240,7 +248,7 @@ def simulate(
                 "pull-interval": pull,
                 "out": str(out),
             },
-            {"num-supernodes": clients, "client-resources-num-cpus": 1, "init-args-num-cpus": 2},
+            federation(clients, actors),
             Path(tmp) / "flower.log",
             files=[Path(__file__)],
         )
@@ -252,10 +260,10 @@ def simulate(
         return [Series(**series) for series in json.loads(out.read_text())]
 
 
-def measure(clients: int, rounds: int, entries: int, pull: float) -> Row:
+def measure(clients: int, rounds: int, entries: int, pull: float, actors: int) -> Row:
     """The simulations of one client count: one per codec, then plain FedAvg without the mod."""
-    pairs = {c: Pair(*simulate(c, True, clients, rounds, entries, pull)) for c in CODECS}
-    (no_mod,) = simulate(None, False, clients, rounds, entries, pull)
+    pairs = {c: Pair(*simulate(c, True, clients, rounds, entries, pull, actors)) for c in CODECS}
+    (no_mod,) = simulate(None, False, clients, rounds, entries, pull, actors)
     return Row(pairs, no_mod)
 
 
@@ -267,18 +275,20 @@ def main() -> None:
     )
     ap.add_argument("--entries", type=int, default=50_000, help="float32 weights in the model")
     ap.add_argument("--pull-interval", type=float, default=0.01, help="seconds between the grid's polls")
+    ap.add_argument("--actors", type=int, default=1, help="single-CPU Ray actors running the clients")
     args = ap.parse_args()
 
     rows = {}
     for n in args.clients:
         rounds = args.rounds or (10 if n < 1000 else 3)
-        rows[n] = measure(n, rounds, args.entries, args.pull_interval)
-    print_results(rows, sum(a.numpy().size for a in initial_model(args.entries).values()))
+        rows[n] = measure(n, rounds, args.entries, args.pull_interval, args.actors)
+    weights = sum(a.numpy().size for a in initial_model(args.entries).values())
+    print_results(rows, weights, args.actors)
 
 
-def print_results(rows: dict[int, Row], weights: int) -> None:
+def print_results(rows: dict[int, Row], weights: int, actors: int) -> None:
     """Seconds per round with the paired ratios, uplink bytes, then the floor's verdict."""
-    print(f"\nMedian wall seconds per round, model of {weights:,} float32 weights:\n")
+    print(f"\nMedian wall seconds per round, model of {weights:,} float32 weights, {actors} Ray actor(s):\n")
     columns = ["clients"]
     for c in CODECS:
         columns += [f"plain ({c} run) s/round", f"{c} s/round", f"{c}/plain"]
