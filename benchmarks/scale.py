@@ -10,7 +10,7 @@ instructions through untouched, and the simulation's client-state store
 Context. The "training" is one cheap NumPy step on an MLP-shaped model of `--entries`
 float32 weights, so the time is Flower's and the codec path's. On Ray the clients run in
 `--actors` single-CPU actors (default 1, as Flower's default client resources give on a 2-core
-machine; see benchmarks/sim_overhead.py for what 2 actors on 2 cores measure).
+machine; benchmarks/sim_overhead.py says what 2 actors on 2 cores contend for).
 
 Columns: wall seconds per round (plain, wrapped, their ratio), the process's peak RSS
 (the server's process; on Ray the clients run in actor processes beside it), and codec
@@ -283,7 +283,7 @@ def print_table(results: list[Cell], args: argparse.Namespace) -> None:
     weights = sum(a.numpy().size for a in initial_model(args.entries).values())
     print(
         f"\nMedian wall seconds per round, {args.rounds} rounds each, model of {weights:,} float32 weights,"
-        f" {args.actors} Ray actor(s) on Ray:\n"
+        f" Ray's clients in {args.actors} actor(s):\n"
     )
     head = ["engine", "clients", "per round", "codec", "plain s", "wrapped s", "wrapped/plain"]
     head += ["peak RSS MB", "server state B/client", "client state B/client"]
