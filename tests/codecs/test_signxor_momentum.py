@@ -23,7 +23,7 @@ def momentum_of(enc, i: int) -> np.ndarray:
 def test_parse_describe_and_defaults():
     c = Codec.parse("signxor:lam=1,momentum=0.9")
     assert c == codec("signxor", lam=1.0, momentum=0.9)
-    assert c.describe() == "signxor:lam=1.0,error_feedback=True,momentum=0.9"
+    assert c.describe() == "signxor:lam=1.0,coding=context,error_feedback=True,momentum=0.9"
     assert Codec.parse(c.describe()) == c
     assert codec("signxor").momentum == 0.0 and "momentum" not in codec("signxor").describe()
     assert isinstance(c.compressor(SPEC), Momentum)

@@ -98,6 +98,11 @@ def test_lag_reports_whether_it_sent_the_update(rng):
 @pytest.mark.parametrize("text", ["signxor", "signxor:lam=1", "signxor:momentum=0.9"])
 def test_signxor_reports_the_signs_it_codes_and_the_flips_in_the_payload(text, rng):
     c = Codec.parse(text)
-    for payload, stats in payloads(c, 4, rng):
-        assert stats["signs"] == SPEC.size
-        assert stats["flips"] == sum(flip_counts(payload, SPEC))
+    encoder, update = c.encoder(SPEC), random_update(rng, SPEC)
+    for _ in range(4):
+        shared = dict(encoder.shared)  # the flips' context split depends on the state encoded from
+        payload = encoder.encode(update, CTX)
+        assert encoder.last_stats["signs"] == SPEC.size
+        assert encoder.last_stats["flips"] == sum(flip_counts(payload, SPEC, c.config, shared))
+        encoder.commit()
+        update = [u + v for u, v in zip(update, random_update(rng, SPEC))]

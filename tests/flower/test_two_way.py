@@ -128,7 +128,9 @@ def test_a_signxor_key_frame_carries_the_signs_and_its_bytes_are_counted():
     grid = run(strategy, make_app(), rounds=2)
     key_frame = grid.sent[1, 101]
     state = {k: a for k, a in key_frame.items() if k.startswith(records.STATE_PREFIX)}
-    assert set(state) == {records.STATE_PREFIX + f"shared/{k}" for k in ("signs/0", "signs/1", "primed")}
+    # The signs, and the flips' context history (`flip_contexts`) the next payloads are coded with.
+    keys = ("signs/0", "signs/1", "primed", "rates", "recent", "counts")
+    assert set(state) == {records.STATE_PREFIX + f"shared/{k}" for k in keys}
     assert strategy.traffic[1].downlink_bytes_by_node[101] == sum(len(a.data) for a in key_frame.values())
 
 

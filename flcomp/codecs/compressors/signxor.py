@@ -34,17 +34,26 @@ makes flips rare, and it slows training down (docs/RESULTS.md has the numbers).
 
 Shared state: per tensor i, ``signs/{i}``, ŝ_prev packed 8 entries a byte
 (np.packbits order, uint8[ceil(d/8)]), bit 1 = negative, padding bits 0; and
-``primed`` (uint8[1]), 0 until the first payload. The initial state (and the state
-after a key frame) is all zeros: every sign +1, not primed. A key frame therefore
-sends the negative entries of sign(p) as "flips".
+``primed`` (uint8[1]), 0 until the first payload; with ``coding="context"`` also the
+flip history of `flcomp.codecs.coding.flip_contexts` (``rates``, ``recent``,
+``counts``: 2 bytes an entry of the whole update). The initial state (and the state
+after a key frame) is all zeros: every sign +1, not primed, no history. A key frame
+therefore sends the negative entries of sign(p) as "flips".
 
-Body: f32 α of every tensor, then the flip vectors of every tensor as
-`flcomp.codecs.coding.entropy.encode_bit_vectors` writes them: per tensor the flip count
-m (q = m/d, no probability precision to choose) and, when 0 < m < d, either the d
-bits packed (q within 7/16..9/16: range coding would save at most 1%) or a place in
-one range-coded stream, each tensor under its own Bernoulli(q) model. The decoder
-checks α ≥ 0 and finite, m ≤ d, and that the flips it decodes number exactly m.
-`flip_counts` reads the counts of a payload (the measured flip rates).
+Body: f32 α of every tensor, then the flips, coded as ``coding`` says (`FLIP_CODERS`):
+- ``context`` (default): the flips of all tensors as one vector of the update's entries,
+  each entry's flip modelled on its own history (`flip_contexts`: its recent flip rate and
+  its last two flips, at rates both sides estimate from the rounds before, so no model is
+  sent). Under error feedback alternating and holding entries are near-deterministic
+  apart, and one rate mixes them. 2 bytes of state an entry on both sides.
+- ``iid`` (the paper's): one Bernoulli(q) model per tensor, as
+  `flcomp.codecs.coding.entropy.encode_bit_vectors` writes it: the flip count m (q = m/d)
+  and, when 0 < m < d, the d bits packed (q within 7/16..9/16) or a place in one
+  range-coded stream; the decoder checks that the flips it decodes number exactly m. No
+  state beyond the signs: choose it when 2 bytes an entry per client is too much for
+  the server (many clients' states held at once).
+The decoder checks α ≥ 0 and finite and refuses a malformed stream. `flip_counts`
+decodes the flips of a payload from a state (the measured flip rates).
 
 Momentum before the sign (the journal version: it low-pass filters the updates) is
 the generic codec option ``momentum=β`` (`flcomp.codecs.wrappers.momentum`), e.g.
@@ -58,6 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flcomp.codecs.coding import flip_contexts
 from flcomp.codecs.coding.entropy import decode_bit_vectors, encode_bit_vectors
 from flcomp.codecs.coding.signs import scaled_signs
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
@@ -67,6 +77,49 @@ from flcomp.codecs.spec import ModelSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter, unpack
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class IIDFlips:
+    """One Bernoulli rate per tensor, its flip count in the payload (the paper's model)."""
+
+    @staticmethod
+    def initial(spec: ModelSpec) -> State:
+        return {}
+
+    @staticmethod
+    def write(flips: list[np.ndarray], spec: ModelSpec, shared: State, out: PayloadWriter) -> State:
+        """Write the flips (packed per tensor); returns the coder's state after them."""
+        encode_bit_vectors([(b, t.size) for b, t in zip(flips, spec.tensors)], out)
+        return {}
+
+    @staticmethod
+    def read(body: PayloadReader, spec: ModelSpec, shared: State) -> tuple[list[np.ndarray], State]:
+        return decode_bit_vectors(body, [t.size for t in spec.tensors]), {}
+
+
+class ContextFlips:
+    """Every entry's flip modelled on its own history (`flip_contexts`), over the whole update.
+    The history starts with the first flips: a first payload's are sign(p)'s negative entries."""
+
+    @staticmethod
+    def initial(spec: ModelSpec) -> State:
+        return flip_contexts.initial_state(spec.size)
+
+    @staticmethod
+    def write(flips: list[np.ndarray], spec: ModelSpec, shared: State, out: PayloadWriter) -> State:
+        history = flip_contexts.encode(_unpacked(flips, spec), _history(shared), out)
+        return history if shared["primed"][0] else flip_contexts.initial_state(spec.size)
+
+    @staticmethod
+    def read(body: PayloadReader, spec: ModelSpec, shared: State) -> tuple[list[np.ndarray], State]:
+        bits, history = flip_contexts.decode(body, _history(shared), spec.size)
+        ends = np.cumsum([t.size for t in spec.tensors], dtype=np.int64)
+        flips = [np.packbits(bits[end - t.size : end]) for t, end in zip(spec.tensors, ends)]
+        return flips, history if shared["primed"][0] else flip_contexts.initial_state(spec.size)
+
+
+FLIP_CODERS = {"context": ContextFlips, "iid": IIDFlips}
+"""``SignXORConfig.coding`` → how the flips are coded and what state that needs."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +132,16 @@ class SignXORConfig:
     (≲ 0.75) raises the bits (see the module docstring), λ ≈ 1 makes flips rare (a few
     percent) and training slower; the flips it holds back stay in the error-feedback
     memory and are sent once they grow strong enough."""
+    coding: str = "context"
+    """How the flips are entropy-coded: "context" (default; each entry's flip modelled on
+    its own history, 2 bytes of state an entry) or "iid" (one rate per tensor, the
+    paper's; no state beyond the signs). Only the bits differ, never the reconstruction."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"SignXOR needs a finite lam ≥ 0, got {self.lam}")
+        if self.coding not in FLIP_CODERS:
+            raise ValueError(f"SignXOR's coding is one of {sorted(FLIP_CODERS)}, got {self.coding!r}")
 
 
 @register
@@ -107,7 +166,11 @@ class SignXOR(Compressor):
     def initial_shared(self) -> State:
         # Packed "is negative" bits, all 0: every sign starts at +1; not primed yet.
         signs = {f"signs/{i}": np.zeros(-(-t.size // 8), np.uint8) for i, t in enumerate(self.spec.tensors)}
-        return signs | {"primed": np.zeros(1, np.uint8)}
+        return signs | {"primed": np.zeros(1, np.uint8)} | self._coder.initial(self.spec)
+
+    @property
+    def _coder(self) -> type[IIDFlips] | type[ContextFlips]:
+        return FLIP_CODERS[self.config.coding]
 
     def encode(
         self,
@@ -129,21 +192,23 @@ class SignXOR(Compressor):
                 alphas[i] = _projection(a, wanted ^ b, alphas[i])
             flips.append(b)
         out.array(alphas)
-        encode_bit_vectors([(b, p.size) for b, p in zip(flips, x)], out)
+        history = self._coder.write(flips, self.spec, shared, out)
         stats = {"signs": float(sum(p.size for p in x)), "flips": float(sum(_count(b) for b in flips))}
-        return Step(*self._apply(alphas, flips, shared), local, stats)
+        return Step(*self._apply(alphas, flips, shared, history), local, stats)
 
     def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
         alphas = _read_scales(body, len(self.spec))
-        flips = decode_bit_vectors(body, [t.size for t in self.spec.tensors])
-        return self._apply(alphas, flips, shared)
+        flips, history = self._coder.read(body, self.spec, shared)
+        return self._apply(alphas, flips, shared, history)
 
     def _apply(
-        self, alphas: np.ndarray, flips: list[np.ndarray], shared: State
+        self, alphas: np.ndarray, flips: list[np.ndarray], shared: State, history: State
     ) -> tuple[list[np.ndarray], State]:
-        """ŝ = ŝ_prev XOR b̂ and the decoded α·ŝ, from packed flips (both sides run this)."""
+        """ŝ = ŝ_prev XOR b̂ and the decoded α·ŝ, from packed flips, with the flip coder's state
+        after them (both sides run this)."""
         signs = {f"signs/{i}": shared[f"signs/{i}"] ^ b for i, b in enumerate(flips)}
         signs["primed"] = np.ones(1, np.uint8)
+        signs |= history
         decoded = [
             scaled_signs(alpha, signs[f"signs/{i}"], t.size)
             for i, (alpha, t) in enumerate(zip(alphas, self.spec.tensors))
@@ -151,17 +216,33 @@ class SignXOR(Compressor):
         return decoded, signs
 
 
-def flip_counts(payload: bytes, spec: ModelSpec) -> list[int]:
+def flip_counts(
+    payload: bytes, spec: ModelSpec, config: SignXORConfig | None = None, shared: State | None = None
+) -> list[int]:
     """The flips b̂ each tensor of a SignXOR payload sends (its flip rate is count / size).
 
-    Reads the payload as a decoder would, without a state (the flips do not depend on
-    it); raises PayloadError if it is malformed or not SignXOR's.
+    Decodes the payload as a decoder of `config` (default: the default config) holding
+    `shared` would (default: the initial state; the context coder's split depends on it),
+    and leaves `shared` as it is; raises PayloadError if it is malformed or not SignXOR's.
     """
+    compressor = SignXOR(spec, config or SignXORConfig())
     _, body = unpack(payload, SignXOR.codec_id, len(spec))
     _read_scales(body, len(spec))
-    flips = decode_bit_vectors(body, [t.size for t in spec.tensors])
+    flips, _ = compressor._coder.read(body, spec, compressor.initial_shared() if shared is None else shared)
     body.finish()
     return [_count(b) for b in flips]
+
+
+def _history(shared: State) -> flip_contexts.State:
+    return {k: shared[k] for k in ("rates", "recent", "counts")}
+
+
+def _unpacked(flips: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
+    """Packed per-tensor bit vectors as one bool vector of the update's entries."""
+    if not flips:
+        return np.zeros(0, np.bool_)
+    bits = [np.unpackbits(b, count=t.size) for b, t in zip(flips, spec.tensors)]
+    return np.concatenate(bits).view(np.bool_)
 
 
 def _count(packed: np.ndarray) -> int:
