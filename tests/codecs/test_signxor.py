@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flcomp.codecs import HEADER_BYTES, REGISTRY, Codec, ModelSpec, PayloadError, RoundContext, codec
+from flcomp.codecs.coding import flip_contexts
 from flcomp.codecs.compressors.signxor import SignXOR, flip_counts
 from flcomp.codecs.wire import PayloadWriter
 
@@ -52,7 +53,7 @@ def slowly_changing(rng: np.random.Generator, spec: ModelSpec, rounds: int, nois
 def test_registered_with_error_feedback_by_default():
     assert REGISTRY["signxor"] is SignXOR and SignXOR.codec_id == 19
     c = codec("signxor")
-    assert c.error_feedback and c.config.lam == 0.0
+    assert c.error_feedback and c.config.lam == 2.0 and c.config.coding == "context"
     assert Codec.parse("signxor:lam=0.5,error_feedback=false") == codec(
         "signxor", lam=0.5, error_feedback=False
     )
@@ -70,7 +71,7 @@ def test_config_refuses_a_bad_lambda(lam):
 
 def test_lambda_zero_decodes_mean_magnitude_times_sign_of_p(rng):
     """Without error feedback p is the update itself: every round decodes α·sign(p), sign(0) = +1."""
-    c = codec("signxor", error_feedback=False)
+    c = codec("signxor", lam=0.0, error_feedback=False)
     enc, dec = c.encoder(EDGE_SPEC), c.decoder(EDGE_SPEC)
     for r in range(6):
         update = [rng.standard_normal(t.shape).astype(np.float32) for t in EDGE_SPEC.tensors]
@@ -91,7 +92,10 @@ def test_lambda_zero_decodes_mean_magnitude_times_sign_of_p(rng):
 def test_lambda_zero_reproduces_scaled_sign_bit_for_bit_at_fewer_bytes(error_feedback, rng):
     """The same update sequence through SignXOR (λ = 0) and scaled sign, each with its own memory."""
     spec = ModelSpec.flat(4000, 3000)
-    links = [codec(n, error_feedback=error_feedback) for n in ("signxor", "scaled_sign")]
+    links = [
+        codec("signxor", lam=0.0, error_feedback=error_feedback),
+        codec("scaled_sign", error_feedback=error_feedback),
+    ]
     ends = [(c.encoder(spec), c.decoder(spec)) for c in links]
     sizes = np.zeros(2)
     for update in slowly_changing(rng, spec, rounds=25, noise=0.02):
@@ -113,39 +117,80 @@ def test_lambda_zero_reproduces_scaled_sign_bit_for_bit_at_fewer_bytes(error_fee
         assert sizes[0] < 0.5 * sizes[1]
 
 
+def primed_state(spec: ModelSpec, previous: np.ndarray, coding: str, **history: np.ndarray) -> dict:
+    """The state of a primed encoder whose last signs are `previous` ("is negative")."""
+    shared = codec("signxor", coding=coding).compressor(spec).initial_shared()
+    return shared | {"signs/0": np.packbits(previous), "primed": np.ones(1, np.uint8)} | history
+
+
+def held_back(lam: float, p: np.ndarray, shared: dict, coding: str) -> tuple[np.ndarray, object]:
+    """The flips of sign(p) against `shared`'s signs that SignXOR at `lam` does not send, and its step."""
+    spec = ModelSpec.flat(p.size)
+    compressor = codec("signxor", lam=lam, error_feedback=False, coding=coding).compressor(spec)
+    step = compressor.encode([p], shared, {}, PayloadWriter(), np.random.default_rng(0), RoundContext())
+    previous = np.unpackbits(shared["signs/0"], count=p.size).astype(bool)
+    negative = np.unpackbits(step.shared["signs/0"], count=p.size).astype(bool)
+    assert np.array_equal(np.signbit(step.decoded[0]), negative)
+    return ((p < 0) != previous) & (negative == previous), step
+
+
 def test_rate_distortion_keeps_exactly_the_strong_flips(rng):
-    """b̂ = (sign(p) ≠ ŝ_prev) ∧ (|p| ≥ λ·mean|p|); larger λ keeps a subset of the flips, and α is
-    the least-squares scale of the signs sent, max(0, ⟨p, ŝ⟩)/d (mean|p| when every flip is sent)."""
-    spec = ModelSpec.flat(5000)
-    previous = rng.random(5000) < 0.5
-    shared = codec("signxor").compressor(spec).initial_shared() | {
-        "signs/0": np.packbits(previous),
-        "primed": np.ones(1, np.uint8),
-    }
+    """The iid coder (one rate q per tensor, that of the flips wanted): b̂ = b ∧ (|p| ≥ α·min(1,
+    λ·log2((1 − q)/q))); larger λ keeps a subset of the flips, and α is the least-squares scale
+    of the signs sent, max(0, ⟨p, ŝ⟩)/d (mean|p| when every flip is sent)."""
     p = rng.standard_normal(5000).astype(np.float32)
-    alpha = np.abs(p.astype(np.float64)).mean()
-    kept_before = None
-    for lam in [0.0, 0.25, 0.5, 1.0, 2.0, 5.0]:
-        compressor = codec("signxor", lam=lam, error_feedback=False).compressor(spec)
-        out = PayloadWriter()
-        step = compressor.encode([p], shared, {}, out, np.random.default_rng(0), RoundContext())
-        negative = np.unpackbits(step.shared["signs/0"], count=5000).astype(bool)
-        kept = negative != previous
-        expected = ((p < 0) != previous) & (np.abs(p) >= np.float32(lam * alpha))
-        assert np.array_equal(kept, expected), f"λ = {lam}"
-        assert np.array_equal(np.signbit(step.decoded[0]), negative)
+    alpha = np.float32(np.abs(p).sum() / p.size)
+    previous = (p < 0) != (rng.random(5000) < 0.2)  # about a fifth of the signs want to flip
+    shared = primed_state(ModelSpec.flat(5000), previous, "iid")
+    wanted = (p < 0) != previous
+    saved = np.log2((1 - wanted.mean()) / wanted.mean())
+    held_before = None
+    for lam in [0.0, 0.1, 0.25, 0.5, 1.0, 5.0]:
+        held, step = held_back(lam, p, shared, "iid")
+        threshold = alpha * np.float32(min(1.0, lam * saved))
+        assert np.array_equal(held, wanted & (np.abs(p) < threshold)), f"λ = {lam}"
+        negative = np.signbit(step.decoded[0])
         projection = max(0.0, float(np.mean(np.where(negative, -p, p), dtype=np.float64)))
         assert np.isclose(np.abs(step.decoded[0][0]), projection, rtol=1e-5, atol=1e-7), f"λ = {lam}"
-        if kept_before is not None:
-            assert not np.any(kept & ~kept_before), "a larger λ sent a flip a smaller one held back"
-        kept_before = kept
-    assert not kept_before.any(), "λ = 5 is above every |p_i| of a Gaussian's 5000 draws"
+        if held_before is not None:
+            assert not np.any(held_before & ~held), "a larger λ sent a flip a smaller one held back"
+        held_before = held
+    assert held_before.any() and not held_before[np.abs(p) >= alpha].any(), "held only below α"
     assert np.array_equal(shared["signs/0"], np.packbits(previous)), "the state was modified in place"
+    # Where most signs want to flip (error feedback's alternations), flipping is the cheap outcome.
+    alternating = primed_state(ModelSpec.flat(5000), ~previous, "iid")
+    assert not held_back(5.0, p, alternating, "iid")[0].any()
+
+
+def test_the_context_rule_holds_only_unexpected_weak_flips(rng):
+    """With the context coder a flip is held where |p| < α·min(1, λ·log2((1 − q)/q)), q its class's
+    flip rate: entries that alternate (q > ½) flip at any λ; rarely flipping ones hold weak flips."""
+    d = 4000
+    previous = rng.random(d) < 0.5
+    alternating = np.arange(d) < d // 2
+    # A history of 8 rounds: the first half flipped every round, the second half never.
+    history = flip_contexts.initial_state(d)
+    for _ in range(8):
+        counts = np.bincount(flip_contexts.contexts(history), minlength=flip_contexts.CONTEXTS)
+        ones = np.bincount(flip_contexts.contexts(history)[alternating], minlength=flip_contexts.CONTEXTS)
+        history = flip_contexts._after(history, alternating, counts, ones)
+    shared = primed_state(ModelSpec.flat(d), previous, "context", **history)
+    q = flip_contexts.rates_of_ones(history)[flip_contexts.contexts(history)]
+    assert (q[alternating] > 0.5).all() and (q[~alternating] < 0.1).all()
+    p = np.where(previous, 1.0, -1.0).astype(np.float32) * rng.exponential(size=d).astype(np.float32)
+    alpha = np.float32(np.abs(p).sum() / d)  # every sign flips: p has the opposite of each last sign
+    saved = np.log2((1 - q) / q)
+    for lam in [0.1, 1.0, 1e6]:
+        held, _ = held_back(lam, p, shared, "context")
+        expected = ~alternating & (np.abs(p) < alpha * np.minimum(1, lam * saved).astype(np.float32))
+        assert np.array_equal(held, expected), f"λ = {lam}"
+    assert not held[alternating].any() and held.any()
+    assert np.array_equal(held, ~alternating & (np.abs(p) < alpha)), "a huge λ holds every weak one"
 
 
 def test_the_first_payload_and_key_frames_send_every_sign(rng):
     """Against the initial all-+1 signs there is nothing to hold back: λ applies once primed."""
-    c = codec("signxor", lam=5.0, error_feedback=False)
+    c = codec("signxor", lam=5.0, error_feedback=False, coding="iid")
     enc, dec = c.encoder(EDGE_SPEC), c.decoder(EDGE_SPEC)
     updates = list(slowly_changing(rng, EDGE_SPEC, rounds=3, noise=1.0))
     for r, update in enumerate(updates):
@@ -164,8 +209,8 @@ def test_larger_lambda_sends_fewer_flips_and_fewer_bytes(rng):
     spec = ModelSpec.flat(d)
     updates = list(flip_sequence(rng, d, rounds=12, q=0.1))
     flips, sizes = [], []
-    for lam in [0.0, 0.5, 1.0, 2.0]:
-        c = codec("signxor", lam=lam, error_feedback=False)
+    for lam in [0.0, 0.25, 0.5, 1.0]:
+        c = codec("signxor", lam=lam, error_feedback=False, coding="iid")
         enc, dec = c.encoder(spec), c.decoder(spec)
         total = nbytes = 0
         for update in updates:
@@ -195,7 +240,10 @@ def test_few_flips_cost_about_d_times_entropy_and_far_less_than_scaled_sign(q, c
     """
     d, rounds = 1_000_000, 4
     spec = ModelSpec.flat(d)
-    sx, ss = codec("signxor", error_feedback=False, coding=coding), codec("scaled_sign", error_feedback=False)
+    sx, ss = (
+        codec("signxor", lam=0.0, error_feedback=False, coding=coding),
+        codec("scaled_sign", error_feedback=False),
+    )
     ends = [(c.encoder(spec), c.decoder(spec)) for c in (sx, ss)]
     rng = np.random.default_rng(int(q * 1000))
     for r, update in enumerate(flip_sequence(rng, d, rounds, q)):
@@ -221,7 +269,7 @@ def test_few_flips_cost_about_d_times_entropy_and_far_less_than_scaled_sign(q, c
 
 def test_no_flip_and_all_flips_send_only_the_counts():
     """q = 0 and q = 1 need no flip bits: α and the flip count per tensor."""
-    c = codec("signxor", error_feedback=False, coding="iid")
+    c = codec("signxor", lam=0.0, error_feedback=False, coding="iid")
     enc, dec = c.encoder(EDGE_SPEC), c.decoder(EDGE_SPEC)
     update = [np.random.default_rng(1).standard_normal(t.shape).astype(np.float32) for t in EDGE_SPEC.tensors]
     transmit(enc, dec, update, delivered=True)
@@ -337,7 +385,7 @@ u8 byte length of the words (they are at most 160 bytes) | range-coded words."""
 @pytest.fixture
 def one_tensor_link():
     """A decoder after one round, and a body with 30 flips (range coded) for it."""
-    c = codec("signxor", error_feedback=False, coding="iid")
+    c = codec("signxor", lam=0.0, error_feedback=False, coding="iid")
     rng = np.random.default_rng(2)
     enc, dec = c.encoder(MALFORMED_SPEC), c.decoder(MALFORMED_SPEC)
     (first,) = next(flip_sequence(rng, 1000, 1, 0.0))
@@ -447,7 +495,7 @@ def test_a_large_tensor_round_trips_raw_and_range_coded(q):
     band, the most a range-coded vector can cost) the words stay within the decoder's limit."""
     d = 4_000_000
     spec = ModelSpec.flat(d)
-    c = codec("signxor", error_feedback=False, coding="iid")
+    c = codec("signxor", lam=0.0, error_feedback=False, coding="iid")
     enc, dec = c.encoder(spec), c.decoder(spec)
     for update in flip_sequence(np.random.default_rng(6), d, 2, q):
         payload = enc.encode(update)

@@ -11,26 +11,31 @@ before it, are the generic wrappers; see `SignXOR`):
 
     s = sign(p)                          sign(0) = +1, as in scaled sign
     b = s XOR ŝ_prev                     the signs that changed
-    b̂ = b ∧ (|p| ≥ λ·mean|p|)            rate-distortion step: drop weak flips (once primed)
+    b̂ = b ∧ (|p| ≥ α·min(1, λ·w))        rate-distortion step: hold back weak flips (once primed)
     ŝ = ŝ_prev XOR b̂                     both sides apply it
     α = max(0, ⟨p, ŝ⟩) / d               float32; ‖p‖₁/d, scaled sign's scale, when b̂ = b
     decoded = α·ŝ
 
-Two decisions beyond docs/METHODS.md §4, both inert at λ = 0 (where the reconstruction is
-scaled sign's, bit for bit):
+where w (per entry) is the bits the flip coder saves by not sending the flip: with
+``coding="context"`` w = log2((1 − q)/q) at the entry's modelled flip probability q, or 0
+where a flip is the likelier outcome; with ``coding="iid"`` w = 1. Four decisions beyond
+docs/METHODS.md §4, all inert at λ = 0 (where the reconstruction is scaled sign's, bit for bit):
 
+- The threshold weighs what a flip costs. Holding a flip back adds 4·α·|p_i| to the
+  squared error error feedback carries and saves w bits; under error feedback the
+  weak entries' signs alternate (a sigma-delta limit cycle) and the context coder
+  expects those flips (q > ½, w = 0), so they are never held: holding them would
+  break the cycle and raise the bits (a threshold on |p_i| alone, λ·mean|p|, does for
+  λ ≲ 1: it is what the iid coder, w = 1, still runs).
+  Flips the coder does not expect (an entry that has been holding its sign) are held
+  while |p_i| is small.
+- The threshold never exceeds α: a held entry's memory stays within about 2α,
+  so λ saturates (λ = ∞ holds every unexpected flip weaker than α)
+  instead of freezing entries while their memory grows.
 - α is the least-squares scale of the signs sent. With flips held back, ‖p‖₁/d
-  overstates the update along ŝ and error feedback stops contracting its memory: on
-  the CNN of examples/signxor_experiment.py, λ = 1 with α = ‖p‖₁/d flipped ~32% of
-  the signs a round (more bits than λ = 0) and trained worse than with ⟨p, ŝ⟩/d.
+  overstates the update along ŝ and error feedback stops contracting its memory.
 - λ applies once the signs are primed (after the first payload, and after each key
   frame): against the initial all-+1 signs a held-back flip is just a wrong sign.
-
-What the flips look like under error feedback: the sign of every weak entry
-alternates round after round (a sigma-delta limit cycle), so at λ = 0 q is high,
-0.8–0.9 on that CNN, and coding pays because q is far from 1/2. A moderate λ breaks
-the alternation and brings q towards 1/2 (more bits than λ = 0); only a large one
-makes flips rare, and it slows training down (docs/RESULTS.md has the numbers).
 
 Shared state: per tensor i, ``signs/{i}``, ŝ_prev packed 8 entries a byte
 (np.packbits order, uint8[ceil(d/8)]), bit 1 = negative, padding bits 0; and
@@ -76,8 +81,6 @@ from flcomp.codecs.registry import register
 from flcomp.codecs.spec import ModelSpec
 from flcomp.codecs.wire import PayloadReader, PayloadWriter, unpack
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
 
 class IIDFlips:
     """One Bernoulli rate per tensor, its flip count in the payload (the paper's model)."""
@@ -95,6 +98,13 @@ class IIDFlips:
     @staticmethod
     def read(body: PayloadReader, spec: ModelSpec, shared: State) -> tuple[list[np.ndarray], State]:
         return decode_bit_vectors(body, [t.size for t in spec.tensors]), {}
+
+    @staticmethod
+    def hold_weights(wanted: list[np.ndarray], spec: ModelSpec, shared: State) -> list[float]:
+        """Per tensor, the bits not sending a flip saves at the rate q its `wanted` flips (packed)
+        would be coded at, log2((1 − q)/q), or 0 where flips are the majority."""
+        rates = [_count(b) / t.size if t.size else 0.0 for b, t in zip(wanted, spec.tensors)]
+        return [_bits_saved(np.clip(q, 1e-12, 1 - 1e-12)) for q in rates]
 
 
 class ContextFlips:
@@ -117,6 +127,15 @@ class ContextFlips:
         flips = [np.packbits(bits[end - t.size : end]) for t, end in zip(spec.tensors, ends)]
         return flips, history if shared["primed"][0] else flip_contexts.initial_state(spec.size)
 
+    @staticmethod
+    def hold_weights(wanted: list[np.ndarray], spec: ModelSpec, shared: State) -> list[np.ndarray]:
+        """Per tensor, the bits each entry saves by not flipping, log2((1 − q)/q) at its class's
+        modelled flip rate q, or 0 where a flip is the likelier outcome (float64[size])."""
+        history = _history(shared)
+        saved = _bits_saved(flip_contexts.rates_of_ones(history))[flip_contexts.contexts(history)]
+        ends = np.cumsum([t.size for t in spec.tensors], dtype=np.int64)
+        return [saved[end - t.size : end] for t, end in zip(spec.tensors, ends)]
+
 
 FLIP_CODERS = {"context": ContextFlips, "iid": IIDFlips}
 """``SignXORConfig.coding`` → how the flips are coded and what state that needs."""
@@ -124,14 +143,18 @@ FLIP_CODERS = {"context": ContextFlips, "iid": IIDFlips}
 
 @dataclass(frozen=True)
 class SignXORConfig:
-    lam: float = 0.0
-    """λ, the rate-distortion threshold, in units of the tensor's mean |p|: a sign
-    flip is sent only where |p_i| ≥ λ·mean|p|. 0 (default) sends every flip, so the
-    reconstruction is scaled sign's, bit for bit, at fewer bits. Raising it trades
-    accuracy per round for bits, but not smoothly: under error feedback a moderate λ
-    (≲ 0.75) raises the bits (see the module docstring), λ ≈ 1 makes flips rare (a few
-    percent) and training slower; the flips it holds back stay in the error-feedback
-    memory and are sent once they grow strong enough."""
+    lam: float = 2.0
+    """λ, the rate-distortion weight: a flip is held back where |p_i| < α·min(1, λ·w_i), w_i the
+    bits not sending it saves (module docstring). The default, 2, holds at the full
+    threshold α where holding saves ≥ ½ bit (a modelled flip probability ≤ 0.41); larger
+    values change little. 0 sends every flip, so the reconstruction is scaled sign's, bit
+    for bit, at fewer bits: choose it to reproduce EF-signSGD's trajectory exactly, or where
+    accuracy near the noise floor matters more than bits. With the context coder, raising λ holds
+    back more of the weak flips the coder does not expect and never the alternations it
+    does, and saturates (a threshold of α where w_i ≥ 1/λ); with the iid coder it is the
+    paper's threshold λ·mean|p| (up to λ = 1), which under error feedback raises the bits
+    for λ ≲ 0.75 and slows training near 1. The flips held back stay in the
+    error-feedback memory and are sent once they grow strong enough."""
     coding: str = "context"
     """How the flips are entropy-coded: "context" (default; each entry's flip modelled on
     its own history, 2 bytes of state an entry) or "iid" (one rate per tensor, the
@@ -183,14 +206,15 @@ class SignXOR(Compressor):
     ) -> Step:
         magnitudes = [np.abs(p) for p in x]
         alphas = np.array([_mean(a) for a in magnitudes], np.float32)
-        flips = []
-        for i, (p, a) in enumerate(zip(x, magnitudes)):
-            b = np.packbits(p < 0) ^ shared[f"signs/{i}"]  # b = s XOR ŝ_prev, sign(0) = +1
-            if self.config.lam > 0 and shared["primed"][0]:
-                wanted = b
-                b = wanted & np.packbits(a >= _threshold(self.config.lam, alphas[i]))
-                alphas[i] = _projection(a, wanted ^ b, alphas[i])
-            flips.append(b)
+        # b = s XOR ŝ_prev, sign(0) = +1
+        flips = [np.packbits(p < 0) ^ shared[f"signs/{i}"] for i, p in enumerate(x)]
+        if self.config.lam > 0 and shared["primed"][0]:
+            weights = self._coder.hold_weights(flips, self.spec, shared)
+            for i, (a, saved) in enumerate(zip(magnitudes, weights)):
+                wanted = flips[i]
+                threshold = alphas[i] * np.minimum(1.0, self.config.lam * saved).astype(np.float32)
+                flips[i] = wanted & np.packbits(a >= threshold)
+                alphas[i] = _projection(a, wanted ^ flips[i], alphas[i])
         out.array(alphas)
         history = self._coder.write(flips, self.spec, shared, out)
         stats = {"signs": float(sum(p.size for p in x)), "flips": float(sum(_count(b) for b in flips))}
@@ -282,7 +306,6 @@ def _projection(magnitudes: np.ndarray, held: np.ndarray, mean_abs: np.float32) 
     return np.float32(max(0.0, float(mean_abs) - 2 * held_abs / magnitudes.size))
 
 
-def _threshold(lam: float, alpha: np.float32) -> np.float32:
-    """λ·α as float32; past float32's range no |p_i| reaches it, so +inf says the same."""
-    t = lam * float(alpha)
-    return np.float32(t) if t <= _FLOAT32_MAX else np.float32(np.inf)
+def _bits_saved(q: np.ndarray | float) -> np.ndarray:
+    """log2((1 − q)/q) where positive, else 0: what coding a 0 instead of a 1 saves at rate q ∈ (0, 1)."""
+    return np.maximum(0.0, np.log2((1 - q) / q))
