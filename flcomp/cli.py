@@ -121,7 +121,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--budget",
         default=None,
         help='bit budget per client: "deadline" sizes each payload to what its link carries by the '
-        "channel's deadline (top-k, STC); needs --channel and --deadline (default: none)",
+        "channel's deadline (top-k, STC, QSGD); needs --channel and --deadline (default: none)",
     )
     run.add_argument(
         "--deadline",

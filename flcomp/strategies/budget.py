@@ -10,8 +10,8 @@ is the rest of its round as the server knows it: the downlink it is about to rec
 own bits at its planned downlink rate, latency included; the round's broadcast at the
 whole band and the worst listener's planned rate), its compute seconds the last time it
 trained, and the uplink's latency. The instruction carries the budget
-(`records.BUDGET_BITS`); codecs with a rate knob meet it (`RoundContext.budget_bits`) and
-error feedback keeps what it drops.
+(`records.BUDGET_BITS`); codecs with a rate knob meet it (`RoundContext.budget_bits`: top-k
+and STC keep fewer entries, error feedback keeping what they drop; QSGD uses fewer levels).
 
 A client the server has not heard from yet (it does not know its stable id, so not its
 link) gets no budget in its first round. Without a deadline there is no budget.

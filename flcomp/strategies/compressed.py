@@ -75,7 +75,7 @@ class Compressed(Strategy):
 
     `budget` ("deadline", or a `DeadlineBudget`) gives every instructed client a bit budget
     from its link's planned rate and the channel's deadline (`flcomp.strategies.budget`);
-    codecs with a rate knob (top-k, STC) meet it. It needs a channel with a deadline.
+    codecs with a rate knob (top-k, STC, QSGD) meet it. It needs a channel with a deadline.
     """
 
     def __init__(

@@ -1,12 +1,13 @@
-"""Bit budgets (`RoundContext.budget_bits`): the codecs with a rate knob (top-k, STC) fit their
-payload into the budget, never keep more than their config, and error feedback keeps the rest."""
+"""Bit budgets (`RoundContext.budget_bits`): the codecs with a rate knob (top-k, STC: entries kept;
+QSGD: levels) fit their payload into the budget, never send more than their config, and error
+feedback keeps what top-k and STC drop."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flcomp.codecs import Codec, ModelSpec, RoundContext, TensorSpec
+from flcomp.codecs import Codec, ModelSpec, PayloadError, RoundContext, TensorSpec, codec
 from flcomp.codecs.coding.sparse import budgeted_counts
 from flcomp.codecs.wire import HEADER_BYTES
 
@@ -74,3 +75,45 @@ def test_a_bad_budget_is_refused():
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="budget"):
             RoundContext(budget_bits=bad)
+
+
+# --- QSGD: fewer levels -------------------------------------------------------------
+
+
+def qsgd_levels(payload: bytes) -> int:
+    """The levels a QSGD payload says it uses: its body's first byte."""
+    return payload[HEADER_BYTES]
+
+
+@pytest.mark.parametrize(
+    "params", [{"levels": 16}, {"levels": 127, "coding": "range"}, {"levels": 5, "error_feedback": True}]
+)
+def test_qsgd_halves_its_levels_until_the_payload_fits(params):
+    """Under a budget the payload is the one the largest of s, ⌈s/2⌉, …, 1 that fits sends (the
+    same dither as that config draws), or s = 1's when none fits; it decodes with the config's s."""
+
+    def payload(levels: int, budget: float | None = None) -> bytes:
+        c = codec("qsgd", **(params | {"levels": levels}))
+        return c.encoder(SPEC).encode(update(3), RoundContext(budget_bits=budget))
+
+    configured = codec("qsgd", **params)
+    s = configured.config.levels
+    ladder = [s]
+    while ladder[-1] > 1:
+        ladder.append(-(-ladder[-1] // 2))
+    sizes = {level: len(payload(level)) for level in ladder}
+    assert all(sizes[a] > sizes[b] for a, b in zip(ladder, ladder[1:])), sizes
+    for budget in [0, 8 * sizes[1] - 1, *(8 * sizes[level] for level in ladder), 8 * sizes[s] - 1, 1e9]:
+        fitting = [level for level in ladder if 8 * sizes[level] <= budget]
+        chosen = fitting[0] if fitting else 1
+        sent = payload(s, budget)
+        assert qsgd_levels(sent) == chosen and sent == payload(chosen), (budget, chosen)
+        decoded = configured.decoder(SPEC).decode(sent)
+        for x, d in zip(update(3), decoded):
+            assert np.all(d * x >= 0) and np.isfinite(d).all()
+
+
+def test_a_qsgd_payload_with_more_levels_than_its_config_is_refused():
+    big = codec("qsgd", levels=16).encoder(SPEC).encode(update(4))
+    with pytest.raises(PayloadError, match="levels"):
+        codec("qsgd", levels=8).decoder(SPEC).decode(big)

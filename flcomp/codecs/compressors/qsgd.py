@@ -17,8 +17,14 @@ mostly 0 and ±1, are entropy-coded, as the paper does with Elias codes:
     coding="range"  range coding against the levels' own histogram (constriction):
                     at the empirical entropy, several times slower.
 
+    u8 s (the levels this payload uses), then
     per tensor: ceil(n/B) float32 norms | u8 L | zstd frame of ⌊n/g⌋ packed bytes
                 and the n mod g last levels, one byte each  (coding="zstd")
+
+Under a round's bit budget (`RoundContext.budget_bits`) the encoder halves s (s, ⌈s/2⌉,
+…, 1) until the payload fits, as measured, not estimated; at s = 1 it sends whatever that
+takes (the fewest bits QSGD has). Fewer levels keep it unbiased, at a variance ~(√B/s)²
+larger: with error feedback off (the default) nothing is held back, the round is noisier.
 """
 
 from __future__ import annotations
@@ -31,11 +37,10 @@ import numpy as np
 from flcomp.codecs.coding import entropy, zstd
 from flcomp.codecs.coding.buckets import bucket_norms, dequantize, read_scales, stochastic_levels
 from flcomp.codecs.coding.levels import pack_levels, packed_size, unpack_levels
-from flcomp.codecs.compressor import TensorCompressor
+from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
-from flcomp.codecs.spec import TensorSpec
-from flcomp.codecs.wire import PayloadReader, PayloadWriter
+from flcomp.codecs.wire import HEADER_BYTES, PayloadReader, PayloadWriter
 
 
 @dataclass(frozen=True)
@@ -57,17 +62,51 @@ class QSGDConfig:
 
 
 @register
-class QSGD(TensorCompressor):
+class QSGD(Compressor):
     """Unbiased stochastic quantization with per-bucket L2 norms."""
 
     name = "qsgd"
     codec_id = 4
     Config = QSGDConfig
 
-    def encode_tensor(
-        self, x: np.ndarray, t: TensorSpec, out: PayloadWriter, rng: np.random.Generator
+    def encode(
+        self,
+        x: list[np.ndarray],
+        shared: State,
+        local: State,
+        out: PayloadWriter,
+        rng: np.random.Generator,
+        ctx: RoundContext,
+    ) -> Step:
+        start = None if ctx.budget_bits is None else rng.bit_generator.state
+        for s in self._levels_to_try(ctx.budget_bits):
+            if start is not None:  # each try draws the same dither: the one its s would alone
+                rng.bit_generator.state = start
+            attempt = PayloadWriter()
+            attempt.struct("B", s)
+            decoded = [self._encode_tensor(xi, s, attempt, rng) for xi in x]
+            if ctx.budget_bits is None or 8 * (HEADER_BYTES + attempt.nbytes) <= ctx.budget_bits:
+                break
+        out.extend(attempt)
+        return Step(decoded)
+
+    def decode(self, body: PayloadReader, shared: State) -> tuple[list[np.ndarray], State]:
+        (s,) = body.struct("B")
+        if not 1 <= s <= self.config.levels:
+            raise PayloadError(f"QSGD payload with {s} levels; this codec uses 1 to {self.config.levels}")
+        return [self._decode_tensor(body, s, t.size) for t in self.spec.tensors], shared
+
+    def _levels_to_try(self, budget_bits: float | None) -> list[int]:
+        """s, then halved down to 1 when there is a budget to meet."""
+        levels = [self.config.levels]
+        while budget_bits is not None and levels[-1] > 1:
+            levels.append(-(-levels[-1] // 2))
+        return levels
+
+    def _encode_tensor(
+        self, x: np.ndarray, s: int, out: PayloadWriter, rng: np.random.Generator
     ) -> np.ndarray:
-        s, b = self.config.levels, self.config.bucket_size
+        b = self.config.bucket_size
         norms = bucket_norms(x, b)
         levels = stochastic_levels(x, norms, s, b, rng)
         out.array(norms)
@@ -79,8 +118,8 @@ class QSGD(TensorCompressor):
             out.blob(zstd.compress(pack_levels(levels, largest)))
         return dequantize(levels, norms / np.float32(s), b)
 
-    def decode_tensor(self, body: PayloadReader, t: TensorSpec) -> np.ndarray:
-        s, n, b = self.config.levels, t.size, self.config.bucket_size
+    def _decode_tensor(self, body: PayloadReader, s: int, n: int) -> np.ndarray:
+        b = self.config.bucket_size
         norms = read_scales(body, n, b)
         if self.config.coding == "range":
             levels = (entropy.decode_symbols(body, n, 2 * s + 1) - s).astype(np.int8)
