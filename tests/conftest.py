@@ -90,6 +90,9 @@ EXTRA_CONFIGS = [
     codec("dgc", m=0.0),
     codec("dgc", value_dtype="float16", clip_norm=1.0),
     codec("dgc", warmup_rounds=0, ratio=0.3),
+    # A ladder whose rungs draw random numbers and use every kind of stage; one without error feedback.
+    codec("ladder", rungs="drive/pipeline:quantizer=qsgd;levels=4/randomk:ratio=0.2"),
+    codec("ladder", rungs="qsgd", error_feedback=False),
     # Pipelines: unbiased random-k + QSGD without error feedback; threshold + blockwise;
     # dense QSGD with ragged blocks (range-coded levels); dense bf16; fp16 with momentum;
     # random-k + sign.

@@ -61,8 +61,8 @@ class RoundContext:
     budget_bits: float | None = None
     """The most bits this client's payload (header included) should take this step
     (`flcomp.strategies.budget`); None: no budget. Codecs with a rate knob (top-k, STC: the
-    entries kept; QSGD: its levels) meet it by that knob, never exceeding their config's
-    rate; the others ignore it."""
+    entries kept; QSGD: its levels; the ladder: its rung) meet it by that knob, never
+    exceeding their config's rate; the others ignore it."""
 
     def __post_init__(self) -> None:
         if self.num_clients < 1 or not self.lr >= 0 or any(not c >= 0 for c in self.model_change_sq):

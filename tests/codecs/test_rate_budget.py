@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import forge
 
 from flcomp.codecs import Codec, ModelSpec, PayloadError, RoundContext, TensorSpec, codec
 from flcomp.codecs.coding.sparse import budgeted_counts
@@ -117,3 +118,79 @@ def test_a_qsgd_payload_with_more_levels_than_its_config_is_refused():
     big = codec("qsgd", levels=16).encoder(SPEC).encode(update(4))
     with pytest.raises(PayloadError, match="levels"):
         codec("qsgd", levels=8).decoder(SPEC).decode(big)
+
+
+# --- the ladder: the first rung that fits -------------------------------------------
+
+LADDER = "ladder:rungs=fp16/qsgd/topk:ratio=0.05"
+RUNGS = ["fp16", "qsgd", "topk:ratio=0.05"]
+
+
+def test_the_ladder_sends_the_first_rung_that_fits():
+    x = update(5)
+    alone = [len(Codec.parse(r).encoder(SPEC).encode(x)) + 1 for r in RUNGS]  # + the rung's index byte
+    assert alone[0] > alone[1] > alone[2]
+    ladder = Codec.parse(LADDER)
+    for budget, expected in [
+        (None, 0),
+        (1e9, 0),
+        (8 * alone[0], 0),
+        (8 * alone[0] - 1, 1),
+        (8 * alone[1], 1),
+        (8 * alone[1] - 1, 2),
+        (8 * alone[2], 2),
+        (0, 2),
+    ]:
+        encoder = ladder.encoder(SPEC)
+        payload = encoder.encode(x, RoundContext(budget_bits=budget))
+        assert encoder.last_stats == {"rung": float(expected)}, budget
+        assert payload[HEADER_BYTES] == expected and 8 * len(payload) <= (budget or np.inf), budget
+        if expected == len(RUNGS) - 1:  # the last rung meets the budget by its own (cautious) knob
+            assert len(payload) <= alone[expected]
+            continue
+        assert len(payload) == alone[expected], budget
+        decoded = ladder.decoder(SPEC).decode(payload)
+        if expected == 0:  # fp16 draws nothing: the same reconstruction as fp16 alone
+            reference = Codec.parse(RUNGS[expected]).decoder(SPEC)
+            reference_out = reference.decode(Codec.parse(RUNGS[expected]).encoder(SPEC).encode(x))
+            assert all(np.array_equal(a, b) for a, b in zip(decoded, reference_out)), budget
+
+
+def test_the_last_rung_meets_the_budget_by_its_own_knob():
+    payload = Codec.parse(LADDER).encoder(SPEC).encode(update(6), RoundContext(budget_bits=3_000))
+    assert payload[HEADER_BYTES] == 2 and 8 * len(payload) <= 3_000
+
+
+def test_error_feedback_wraps_the_whole_ladder():
+    ladder = Codec.parse(LADDER)
+    encoder, decoder = ladder.encoder(SPEC), ladder.decoder(SPEC)
+    x = update(7)
+    decoded = decoder.decode(encoder.encode(x, RoundContext(budget_bits=6_000)))
+    encoder.commit()
+    for i, (xi, di) in enumerate(zip(x, decoded)):
+        np.testing.assert_allclose(di + encoder.local[f"ef/{i}"].reshape(di.shape), xi, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("ladder:rungs=fp16/signxor", "keeps state"),
+        ("ladder:rungs=powersgd", "keeps state"),
+        ("ladder:rungs=lgc", "keeps state"),
+        ("ladder:rungs=fp16/ladder", "may not be a ladder"),
+        ("ladder:rungs=topk:momentum=0.9", "whole ladder"),
+        ("ladder:rungs=fp16/nonesuch", "unknown codec"),
+        ("ladder:rungs=topk:ratio=2", "ratio"),
+    ],
+)
+def test_a_bad_ladder_is_refused_when_parsed(text, match):
+    with pytest.raises(ValueError, match=match):
+        Codec.parse(text)
+
+
+def test_a_rung_past_the_ladder_is_refused():
+    ladder = Codec.parse("ladder:rungs=fp16")
+    payload = ladder.encoder(SPEC).encode(update(8))
+    forged = forge(payload, bytes([1]) + payload[HEADER_BYTES + 1 :])
+    with pytest.raises(PayloadError, match="rung 1 of a ladder of 1"):
+        ladder.decoder(SPEC).decode(forged)

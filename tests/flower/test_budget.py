@@ -1,6 +1,7 @@
 """Bit budgets from the channel (`Compressed(..., budget="deadline")`): each known client's
 instruction carries what its link carries by the deadline, its top-k payload fits it, and the
-round's uploads arrive where the codec's own rate misses the deadline."""
+round's uploads arrive where the codec's own rate misses the deadline (top-k by its entries, a ladder
+by its rung)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ TIGHT = "fixed:uplink_bps=20000,deadline_s=0.05"
 """The codec's own 688-byte round (4 clients) misses the 50 ms deadline at 20 kbit/s."""
 
 
-def test_known_clients_get_budgets_that_their_payloads_fit_and_the_uploads_arrive():
-    budgeted = Compressed(fedavg(), codec="topk:ratio=0.5", channel=TIGHT, budget="deadline")
-    plain = Compressed(fedavg(), codec="topk:ratio=0.5", channel=TIGHT)
+@pytest.mark.parametrize("codec", ["topk:ratio=0.5", "ladder:rungs=fp32/topk:ratio=0.5"])
+def test_known_clients_get_budgets_that_their_payloads_fit_and_the_uploads_arrive(codec):
+    budgeted = Compressed(fedavg(), codec=codec, channel=TIGHT, budget="deadline")
+    plain = Compressed(fedavg(), codec=codec, channel=TIGHT)
     run(budgeted, make_app(), rounds=4)
     run(plain, make_app(), rounds=4)
     assert budgeted.traffic[1].budgets == {}, "nothing known of the clients before they answer"

@@ -4,8 +4,8 @@ Each reads like its paper: a config dataclass whose fields document their defaul
 and a `Compressor` subclass whose `encode`/`decode` are the method's math. They build
 on the protocol core (`flcomp.codecs.compressor`, `wire`, `spec`, `errors`), the
 coding primitives (`flcomp.codecs.coding`) and `@register`; none builds decoders or
-pools, and none imports another compressor, except TPC, which takes any registered
-codec for its residual through the registry.
+pools, and none imports another compressor, except TPC (the codec of its residual) and the ladder
+(its rungs), which take registered codecs through the registry.
 """
 
 from flcomp.codecs.compressors import (  # noqa: F401
@@ -15,6 +15,7 @@ from flcomp.codecs.compressors import (  # noqa: F401
     eden,
     floats,
     gdsec,
+    ladder,
     lag,
     lgc,
     natural,
