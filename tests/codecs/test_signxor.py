@@ -53,7 +53,7 @@ def slowly_changing(rng: np.random.Generator, spec: ModelSpec, rounds: int, nois
 def test_registered_with_error_feedback_by_default():
     assert REGISTRY["signxor"] is SignXOR and SignXOR.codec_id == 19
     c = codec("signxor")
-    assert c.error_feedback and c.config.lam == 2.0 and c.config.coding == "context"
+    assert c.error_feedback and c.config.lam == 0.0 and c.config.coding == "context"
     assert Codec.parse("signxor:lam=0.5,error_feedback=false") == codec(
         "signxor", lam=0.5, error_feedback=False
     )

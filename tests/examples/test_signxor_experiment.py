@@ -43,7 +43,7 @@ def test_it_writes_its_section_and_plots(experiment, ran):
             assert (tmp / "docs" / "signxor" / f"{problem}_{plot}.png").stat().st_size > 0
     floor_rows = [line.split("|")[1:3] for line in markdown.splitlines() if line.startswith("| ")]
     floor_rows = [[c.strip() for c in row] for row in floor_rows if row[0].strip() in PROBLEMS]
-    assert floor_rows == [[p, d] for p in PROBLEMS for d in ("one-way", "two-way")]
+    assert floor_rows == [[p, d] for p in PROBLEMS for d, _ in experiment.FLOOR_ROWS]
     runs = [
         line.split("|")[1].strip() for line in markdown.splitlines() if line.startswith("| ") and "`" in line
     ]

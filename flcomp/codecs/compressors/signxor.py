@@ -143,13 +143,15 @@ FLIP_CODERS = {"context": ContextFlips, "iid": IIDFlips}
 
 @dataclass(frozen=True)
 class SignXORConfig:
-    lam: float = 2.0
+    lam: float = 0.0
     """λ, the rate-distortion weight: a flip is held back where |p_i| < α·min(1, λ·w_i), w_i the
-    bits not sending it saves (module docstring). The default, 2, holds at the full
-    threshold α where holding saves ≥ ½ bit (a modelled flip probability ≤ 0.41); larger
-    values change little. 0 sends every flip, so the reconstruction is scaled sign's, bit
-    for bit, at fewer bits: choose it to reproduce EF-signSGD's trajectory exactly, or where
-    accuracy near the noise floor matters more than bits. With the context coder, raising λ holds
+    bits not sending it saves (module docstring). 0 (default) sends every flip, so the
+    reconstruction is scaled sign's, bit for bit, at fewer bits. λ = 2 holds at the full
+    threshold α where holding saves ≥ ½ bit (a modelled flip probability ≤ 0.41), and larger
+    values change little: on the uplink it cuts the bits further at about the same accuracy
+    (docs/RESULTS.md); keep it off the downlink, where held flips wind up the server's error
+    memory (two-way on the CNN of examples/signxor_experiment.py collapsed; λ = 0 did not).
+    With the context coder, raising λ holds
     back more of the weak flips the coder does not expect and never the alternations it
     does, and saturates (a threshold of α where w_i ≥ 1/λ); with the iid coder it is the
     paper's threshold λ·mean|p| (up to λ = 1), which under error feedback raises the bits
