@@ -17,16 +17,17 @@ before it, are the generic wrappers; see `SignXOR`):
     decoded = α·ŝ
 
 where w (per entry) is the bits the flip coder saves by not sending the flip: with
-``coding="context"`` w = log2((1 − q)/q) at the entry's modelled flip probability q, or 0
-where a flip is the likelier outcome; with ``coding="iid"`` w = 1. Four decisions beyond
+``coding="context"`` w = log2((1 − q)/q) at the entry's modelled flip probability q, with
+``coding="iid"`` at the tensor's rate q of wanted flips (the rate it would code), and 0 where
+a flip is the likelier outcome. Four decisions beyond
 docs/METHODS.md §4, all inert at λ = 0 (where the reconstruction is scaled sign's, bit for bit):
 
 - The threshold weighs what a flip costs. Holding a flip back adds 4·α·|p_i| to the
   squared error error feedback carries and saves w bits; under error feedback the
   weak entries' signs alternate (a sigma-delta limit cycle) and the context coder
   expects those flips (q > ½, w = 0), so they are never held: holding them would
-  break the cycle and raise the bits (a threshold on |p_i| alone, λ·mean|p|, does for
-  λ ≲ 1: it is what the iid coder, w = 1, still runs).
+  break the cycle and raise the bits (a threshold on |p_i| alone, λ·mean|p|, the
+  team's first rule, did for λ ≲ 0.75).
   Flips the coder does not expect (an entry that has been holding its sign) are held
   while |p_i| is small.
 - The threshold never exceeds α: a held entry's memory stays within about 2α,
@@ -151,12 +152,9 @@ class SignXORConfig:
     values change little: on the uplink it cuts the bits further at about the same accuracy
     (docs/RESULTS.md); keep it off the downlink, where held flips wind up the server's error
     memory (two-way on the CNN of examples/signxor_experiment.py collapsed; λ = 0 did not).
-    With the context coder, raising λ holds
-    back more of the weak flips the coder does not expect and never the alternations it
-    does, and saturates (a threshold of α where w_i ≥ 1/λ); with the iid coder it is the
-    paper's threshold λ·mean|p| (up to λ = 1), which under error feedback raises the bits
-    for λ ≲ 0.75 and slows training near 1. The flips held back stay in the
-    error-feedback memory and are sent once they grow strong enough."""
+    Raising λ holds back more of the weak flips the coder does not expect, never the
+    alternations it does, and saturates (a threshold of α where w_i ≥ 1/λ). The flips
+    held back stay in the error-feedback memory and are sent once they grow strong enough."""
     coding: str = "context"
     """How the flips are entropy-coded: "context" (default; each entry's flip modelled on
     its own history, 2 bytes of state an entry) or "iid" (one rate per tensor, the
