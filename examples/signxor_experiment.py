@@ -53,6 +53,7 @@ MOMENTUM = 0.9
 TARGET_DROP = 0.005
 """The floor: reach scaled sign's final accuracy minus 0.5 points with at most half its uplink bits."""
 FLOOR = 0.5
+"""SignXOR's uplink bits to the target may be at most this fraction of scaled sign's."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class Problem:
     task: TaskConfig
     rounds: int
     fp32_lr: float
-    """Plain SGD's step size (--extras), where the sign codecs' diverges uncompressed."""
+    """Plain SGD's step size (the fp32 arm of --extras): the sign codecs' step can be too long
+    for uncompressed SGD."""
 
 
 def fashion_or_digits() -> str:

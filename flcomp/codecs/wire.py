@@ -113,6 +113,11 @@ class PayloadWriter:
         """Bytes written so far."""
         return sum(len(c) for c in self.chunks)
 
+    def fits(self, budget_bits: float | None) -> bool:
+        """Whether a payload of this body (header included) takes at most `budget_bits`; True
+        without a budget."""
+        return budget_bits is None or 8 * (HEADER_BYTES + self.nbytes) <= budget_bits
+
     def extend(self, other: PayloadWriter) -> None:
         """Append everything written to `other`."""
         self.chunks += other.chunks

@@ -31,7 +31,7 @@ from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import Codec, register
 from flcomp.codecs.spec import ModelSpec, TensorSpec
-from flcomp.codecs.wire import HEADER_BYTES, PayloadReader, PayloadWriter
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 _INDEX_BITS = 8
 _PROBE = ModelSpec((TensorSpec((16, 8), "float32"), TensorSpec((8,), "float32")))
@@ -89,16 +89,14 @@ class Ladder(Compressor):
         ctx: RoundContext,
     ) -> Step:
         budget = ctx.budget_bits
-        last = len(self.rungs) - 1
         for index, rung in enumerate(self.rungs):
+            last = index == len(self.rungs) - 1
+            # Only the last rung meets the budget by its own knob; the others are tried as they are.
+            own = max(0.0, budget - _INDEX_BITS) if last and budget is not None else None
             body = PayloadWriter()
             body.struct("B", index)
-            if index < last or budget is None:
-                rung_ctx = replace(ctx, budget_bits=None)
-            else:
-                rung_ctx = replace(ctx, budget_bits=max(0.0, budget - _INDEX_BITS))
-            step = rung.encode(x, {}, {}, body, rng, rung_ctx)
-            if budget is None or index == last or 8 * (HEADER_BYTES + body.nbytes) <= budget:
+            step = rung.encode(x, {}, {}, body, rng, replace(ctx, budget_bits=own))
+            if last or body.fits(budget):
                 break
         out.extend(body)
         return Step(step.reconstruction(), stats={"rung": float(index)})

@@ -40,7 +40,7 @@ from flcomp.codecs.coding.levels import pack_levels, packed_size, unpack_levels
 from flcomp.codecs.compressor import Compressor, RoundContext, State, Step
 from flcomp.codecs.errors import PayloadError
 from flcomp.codecs.registry import register
-from flcomp.codecs.wire import HEADER_BYTES, PayloadReader, PayloadWriter
+from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,15 @@ class QSGD(Compressor):
         rng: np.random.Generator,
         ctx: RoundContext,
     ) -> Step:
+        norms = [bucket_norms(xi, self.config.bucket_size) for xi in x]  # the same for every s
         start = None if ctx.budget_bits is None else rng.bit_generator.state
         for s in self._levels_to_try(ctx.budget_bits):
             if start is not None:  # each try draws the same dither: the one its s would alone
                 rng.bit_generator.state = start
             attempt = PayloadWriter()
             attempt.struct("B", s)
-            decoded = [self._encode_tensor(xi, s, attempt, rng) for xi in x]
-            if ctx.budget_bits is None or 8 * (HEADER_BYTES + attempt.nbytes) <= ctx.budget_bits:
+            decoded = [self._encode_tensor(xi, n, s, attempt, rng) for xi, n in zip(x, norms)]
+            if attempt.fits(ctx.budget_bits):
                 break
         out.extend(attempt)
         return Step(decoded)
@@ -104,10 +105,9 @@ class QSGD(Compressor):
         return levels
 
     def _encode_tensor(
-        self, x: np.ndarray, s: int, out: PayloadWriter, rng: np.random.Generator
+        self, x: np.ndarray, norms: np.ndarray, s: int, out: PayloadWriter, rng: np.random.Generator
     ) -> np.ndarray:
         b = self.config.bucket_size
-        norms = bucket_norms(x, b)
         levels = stochastic_levels(x, norms, s, b, rng)
         out.array(norms)
         if self.config.coding == "range":
