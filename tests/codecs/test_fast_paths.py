@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flcomp.codecs import HEADER_BYTES, ModelSpec, PayloadError, codec
-from flcomp.codecs.coding.half import all_finite_half, widen_half
+from flcomp.codecs.coding.half import narrow_half, widen_half
 from flcomp.codecs.coding.sparse import top_k_positions
 from flcomp.codecs.compressor import Step, StepRng
 from flcomp.codecs.compressors.powersgd import _orthonormal, _product
@@ -30,8 +30,36 @@ def test_widen_half_checked_refuses_each_inf_and_nan_pattern():
     for h in ALL_HALVES[~np.isfinite(ALL_HALVES)][::97]:
         with pytest.raises(PayloadError):
             widen_half(np.array([1.0, h], np.float16), checked=True)
-    assert all_finite_half(ALL_HALVES[np.isfinite(ALL_HALVES)])
-    assert all_finite_half(np.zeros(0, np.float16))
+    # In a later block too, and past a block of finite entries.
+    late = np.zeros(200_000, np.float16)
+    late[150_001] = np.inf
+    with pytest.raises(PayloadError):
+        widen_half(late, checked=True)
+    assert widen_half(np.zeros(0, np.float16), checked=True).size == 0
+
+
+def saturating_cast(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.clip(x, -65504, 65504).astype(np.float16)
+
+
+def test_narrow_half_is_numpys_saturating_cast_on_float32_patterns():
+    # Every 89th pattern of all 2³²: each exponent, both signs, NaN included.
+    patterns = np.arange(0, 2**32, 89, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    assert np.array_equal(narrow_half(patterns).view(np.uint16), saturating_cast(patterns).view(np.uint16))
+
+
+def test_narrow_half_rounds_each_float16_boundary_as_numpy_does():
+    # Each float16 value and the float32 patterns at, just below and just above the
+    # midpoints to its neighbours (ties to even), in blocks mixing every range.
+    finite = ALL_HALVES[np.isfinite(ALL_HALVES)].astype(np.float32)
+    wide = finite.view(np.uint32).astype(np.int64)
+    near = np.concatenate([wide + d for d in (-1, 0, 1, 0xFFF, 0x1000, 0x1001, 0x2000)])
+    x = np.random.default_rng(0).permutation((near % 2**32).astype(np.uint32).view(np.float32))
+    # Blocks without an entry that saturates take the two passes; the others NumPy's cast.
+    for blocks in (x[np.abs(x) <= 65504], x):
+        assert np.array_equal(narrow_half(blocks).view(np.uint16), saturating_cast(blocks).view(np.uint16))
+    assert narrow_half(np.zeros(0, np.float32)).size == 0
 
 
 def test_fp16_saturates_without_warnings_and_decodes_what_the_encoder_kept():

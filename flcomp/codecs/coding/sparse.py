@@ -10,13 +10,12 @@ from typing import Literal
 
 import numpy as np
 
-from flcomp.codecs.coding.half import widen_half
+from flcomp.codecs.coding.half import narrow_half, widen_half
 from flcomp.codecs.wire import HEADER_BYTES, PayloadReader, PayloadWriter
 
 ValueDtype = Literal["float32", "float16"]
 """Wire type of sparse values; "float16" halves their bits."""
 
-_FP16_MAX = float(np.finfo(np.float16).max)
 _SAMPLE = 1 << 16
 """The most entries sampled to bound the k-th largest magnitude from below."""
 _STRIDE = 16
@@ -61,7 +60,7 @@ def budgeted_counts(
 def write_values(values: np.ndarray, dtype: ValueDtype, out: PayloadWriter) -> np.ndarray:
     """Write sparse values in the wire dtype; return them as the decoder will read them."""
     if dtype == "float16":
-        wire = np.clip(values, -_FP16_MAX, _FP16_MAX).astype(np.float16)
+        wire = narrow_half(values)
         out.array(wire)
         return widen_half(wire)
     out.array(values)

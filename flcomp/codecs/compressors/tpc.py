@@ -4,7 +4,7 @@ Both ends keep a FIFO memory of the last s *reconstructed* updates ĝ (the serve
 never sees the true ones). Each round the client fits a linear predictor to it,
 
     G = [ĝ(t−1) … ĝ(t−m)]        d×m, m ≤ s the memory filled so far
-    a = argmin_a ‖g − G a‖₂       least squares (SVD, rank deficiency cut by rcond)
+    a = argmin_a ‖g − G a‖₂       least squares, minimum norm (see `fit`)
     p = G a,  r = g − p
 
 and sends a (float32) and one trigger bit; the residual r, coded by an inner codec
@@ -24,10 +24,11 @@ decoder's ĝ is the encoder's bit for bit. With a lossless inner codec ĝ equals
 up to float32 rounding of p + (g − p): |ĝ − g| ≤ 2⁻²³·(|g| + |p|) entrywise, and
 bit for bit while the memory is empty.
 
-Shared state: "filled" (m, int64), "memory/<i>" (s × n_i float32, newest row
-first) and the inner codec's shared state under "inner/"; local state: the inner
-codec's (e.g. its error-feedback memory) under "inner/". A key frame empties the
-memory and resets the inner codec's shared state.
+Shared state: "filled" (m, int64), "memory/<i>/<j>" (slot j of tensor i, n_i float32,
+j = 0 the newest: a push moves the slots' arrays and copies only ĝ) and the inner codec's
+shared state under "inner/"; local state: the inner codec's (e.g. its error-feedback
+memory) under "inner/". A key frame empties the memory and resets the inner codec's
+shared state.
 
     (groups × m) float32 coefficients | u8 trigger (0 or 1) | if 1: inner body for r
 
@@ -51,6 +52,16 @@ from flcomp.codecs.wire import PayloadReader, PayloadWriter
 
 MAX_MEMORY = 64
 """The largest s: its coefficients fit the endpoints' per-payload slack (1 KiB a tensor)."""
+_BLOCK = 1 << 16
+"""Entries a block of the fit and the prediction works on, so that its passes run in cache."""
+_FIT_BLOCK = 1 << 15
+"""Entries a block of the fit converts to float64: (m + 1) × 256 KiB."""
+_DOT_ROWS = 8
+"""Up to this many rows (m + 1) the fit's Gram matrix is pairwise dots, above a matrix product."""
+RCOND = 1e-12
+"""Eigenvalues of GᵀG below this fraction of the largest are dropped: singular values of G
+below 10⁻⁶ of the largest. GᵀG in float64 carries errors ~10⁻¹⁶ of its largest eigenvalue,
+so what lies far below is rounding, not a direction of the memory."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,11 @@ class TemporalPredictiveCoding(Compressor):
 
     def initial_shared(self) -> State:
         s = self.config.memory
-        memory = {f"memory/{i}": np.zeros((s, t.size), np.float32) for i, t in enumerate(self.spec.tensors)}
+        memory = {
+            _slot(i, j): np.zeros(t.size, np.float32)
+            for i, t in enumerate(self.spec.tensors)
+            for j in range(s)
+        }
         return {"filled": np.array(0, np.int64)} | memory | _prefixed(self.inner.initial_shared())
 
     def initial_local(self) -> State:
@@ -150,18 +165,31 @@ class TemporalPredictiveCoding(Compressor):
         return m
 
     def fit(self, x: list[np.ndarray], shared: State) -> np.ndarray:
-        """a = argmin ‖g − G a‖ for each group: float32, shape (groups, m)."""
+        """a = argmin ‖g − G a‖ for each group: float32, shape (groups, m).
+
+        Solved from the normal equations GᵀG a = Gᵀg, accumulated in float64 block by block
+        (one pass over the memory, m + 1 floats an entry), by eigendecomposition: the
+        minimum-norm solution, directions of a rank-deficient memory (repeated or zero
+        updates) dropped (`RCOND`). Only the encoder fits, so the BLAS summation order does
+        not have to match anything; the coefficients sent are what both ends use.
+        """
         m = self.filled(shared)
         a = np.zeros((len(self.groups), m), np.float32)
         if m == 0:
             return a
+        rows = np.empty((m + 1, min(_FIT_BLOCK, max(x[i].size for i in range(len(x))))))
         for k, group in enumerate(self.groups):
-            g = np.concatenate([x[i] for i in group]).astype(np.float64)
-            G = np.concatenate([shared[f"memory/{i}"][:m] for i in group], axis=1).T.astype(np.float64)
-            # SVD-based: rcond drops the directions of a rank-deficient memory
-            # (repeated or zero updates) and returns the minimum-norm fit.
-            with np.errstate(over="ignore"):
-                a[k] = np.linalg.lstsq(G, g, rcond=None)[0]
+            gram = np.zeros((m + 1, m + 1))  # [G g]ᵀ[G g]
+            for i in group:
+                slots = [shared[_slot(i, j)] for j in range(m)] + [x[i]]
+                for start in range(0, x[i].size, _FIT_BLOCK):
+                    stop = min(start + _FIT_BLOCK, x[i].size)
+                    block = rows[:, : stop - start]
+                    for row, slot in zip(block, slots):
+                        np.copyto(row, slot[start:stop])
+                    gram += _gram(block)
+            if np.isfinite(gram).all():
+                a[k] = _minimum_norm_solution(gram[:m, :m], gram[:m, m])
         return a
 
     def predict(self, a: np.ndarray, shared: State) -> list[np.ndarray]:
@@ -170,10 +198,15 @@ class TemporalPredictiveCoding(Compressor):
         p = []
         with np.errstate(over="ignore", invalid="ignore"):
             for i, t in enumerate(self.spec.tensors):
-                coef, memory = a[self.group_of[i]], shared[f"memory/{i}"]
+                coef = a[self.group_of[i]]
                 pi = np.zeros(t.size, np.float32)
-                for j in range(m):  # a fixed order of float32 multiply-adds
-                    pi += coef[j] * memory[j]
+                term = np.empty(min(t.size, _BLOCK), np.float32)
+                for start in range(0, t.size, _BLOCK):
+                    block = pi[start : start + _BLOCK]
+                    product = term[: block.size]
+                    for j in range(m):  # a fixed order of float32 multiply-adds
+                        np.multiply(shared[_slot(i, j)][start : start + _BLOCK], coef[j], out=product)
+                        block += product
                 p.append(pi)
         return p
 
@@ -241,12 +274,40 @@ class TemporalPredictiveCoding(Compressor):
 
     def pushed(self, shared: State, g_hat: list[np.ndarray], inner_shared: State) -> State:
         """The shared state with ĝ pushed into the memory (the oldest slot drops out)."""
-        memory = {
-            f"memory/{i}": np.concatenate([gi[None], shared[f"memory/{i}"][:-1]])
-            for i, gi in enumerate(g_hat)
-        }
+        memory = {}
+        for i, gi in enumerate(g_hat):
+            memory[_slot(i, 0)] = gi.copy()  # ĝ may alias the update or the decoder's output
+            memory |= {_slot(i, j): shared[_slot(i, j - 1)] for j in range(1, self.config.memory)}
         filled = np.array(min(self.filled(shared) + 1, self.config.memory), np.int64)
         return {"filled": filled} | memory | _prefixed(inner_shared)
+
+
+def _slot(tensor: int, age: int) -> str:
+    """The shared-state key of tensor `tensor`'s reconstruction `age` + 1 rounds back."""
+    return f"memory/{tensor}/{age}"
+
+
+def _gram(rows: np.ndarray) -> np.ndarray:
+    """rows·rowsᵀ (float64). For a few long rows, pairwise dots: OpenBLAS's matrix product of
+    so thin a matrix runs at a quarter of their speed."""
+    if len(rows) > _DOT_ROWS or rows.shape[1] < _DOT_ROWS * len(rows) ** 2:
+        return rows @ rows.T
+    gram = np.empty((len(rows), len(rows)))
+    for i in range(len(rows)):
+        for j in range(i, len(rows)):
+            gram[i, j] = gram[j, i] = np.dot(rows[i], rows[j])
+    return gram
+
+
+def _minimum_norm_solution(gram: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The minimum-norm a with gram·a = b, over the eigenvalues of the symmetric `gram` above
+    `RCOND` of the largest (all zero for a zero memory)."""
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    kept = eigenvalues > RCOND * eigenvalues[-1]
+    if not eigenvalues[-1] > 0 or not kept.any():
+        return np.zeros(b.size)
+    v = vectors[:, kept]
+    return v @ ((v.T @ b) / eigenvalues[kept])
 
 
 def _norm(x: list[np.ndarray]) -> float:
