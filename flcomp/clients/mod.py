@@ -94,6 +94,8 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     metrics[records.CLIENT_STATE_BYTES] = encoder.state_bytes + replica.state_bytes(context)
     for name, value in encoder.last_stats.items():
         metrics[records.STAT_PREFIX + name] = float(value)
+    if config.get(records.REPORT_SENT_AT) is True:
+        metrics[records.SENT_AT] = time.time()  # last: the upload starts when the mod returns
     return reply
 
 

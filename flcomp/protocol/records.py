@@ -37,6 +37,10 @@ DOWNLINK_BASE = "flcomp.downlink-base"
 """ConfigRecord key: the replica version a downlink payload applies to (-1: a key frame)."""
 DOWNLINK_PAYLOADS = "flcomp.downlink-payloads"
 """ConfigRecord key: how many payloads the downlink message carries (0 for a key frame alone)."""
+REPORT_SENT_AT = "flcomp.report-sent-at"
+"""ConfigRecord key: True when the server measures uploads (a budget in deployment) and
+wants the reply's send time (`SENT_AT`); absent otherwise, so that runs' metrics stay
+reproducible."""
 BUDGET_BITS = "flcomp.budget-bits"
 """ConfigRecord key: the most bits the client's payload should take this round
 (`flcomp.strategies.budget`); absent without a budget policy."""
@@ -64,6 +68,10 @@ UPLINK_BYTES = "flcomp.uplink-bytes"
 """MetricRecord key: payload bytes (a client's reply; the round's sum on the server)."""
 ENCODE_SECONDS = "flcomp.encode-seconds"
 """MetricRecord key: seconds spent encoding."""
+SENT_AT = "flcomp.sent-at"
+"""MetricRecord key: the client's wall clock (seconds since the epoch) as its reply left the
+ClientApp, from which the server measures the upload (`flcomp.strategies.timing`); reported
+when the instruction asks for it (`REPORT_SENT_AT`)."""
 TRAIN_SECONDS = "flcomp.train-seconds"
 """MetricRecord key: wall seconds the ClientApp's train function took (for a measured compute model)."""
 STAT_PREFIX = "flcomp.stat."

@@ -48,7 +48,7 @@ class RunConfig:
     rounds: int = 20
     fraction: float = 1.0
     """Fraction of the clients instructed each round, drawn by stable id (partition-id + 1)
-    with a generator seeded by (seed, round) (`flcomp.strategies.compressed.seeded_sampling`):
+    with a generator seeded by (seed, round) (`flcomp.strategies.sampling.seeded_sampling`):
     the same cohorts on both engines and for every codec."""
     seed: int = 0
     """Seeds node sampling and the clients' encoders (the task has its own seed)."""
@@ -81,7 +81,8 @@ class RunConfig:
         if self.downlink_delivery not in DELIVERIES:
             raise ValueError(f"unknown downlink delivery {self.downlink_delivery!r}; one of {DELIVERIES}")
         if self.budget is not None:
-            DeadlineBudget.parse(self.budget)
+            if DeadlineBudget.parse(self.budget).deadline_s is not None:
+                raise ValueError("a budget's own deadline_s is for deployments: here the channel's is D")
             if self.channel is None or Channel.parse(self.channel).config.deadline_s is None:
                 raise ValueError("a bit budget needs a channel with a deadline (deadline_s)")
         if self.engine not in ENGINES:

@@ -13,21 +13,30 @@ trained, and the uplink's latency. The instruction carries the budget
 (`records.BUDGET_BITS`); codecs with a rate knob meet it (`RoundContext.budget_bits`: top-k
 and STC keep fewer entries, error feedback keeping what they drop; QSGD uses fewer levels).
 
+In deployment there is no channel to plan from: the deadline is the policy's own
+`deadline_s`, and each client's budget comes from what the server measured of its last
+round (`flcomp.strategies.timing.MeasuredUpload`): its upload's throughput r_k, and the rest
+of that round t_k (delivery of the instruction, start-up, training, encoding), assumed to
+repeat. Simulation plans the downlink and compute; deployment measures their sum.
+
 A client the server has not heard from yet (it does not know its stable id, so not its
-link) gets no budget in its first round. Without a deadline there is no budget.
+link or its last round) gets no budget in its first round. Without a deadline there is no
+budget.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from flwr.app import Message
 
 from flcomp import keyvalue
-from flcomp.channel import ChannelSimulator
+from flcomp.channel import Channel, ChannelSimulator
 from flcomp.channel.loss import airtime
 from flcomp.protocol import records
+from flcomp.strategies.timing import MeasuredUpload
 from flcomp.strategies.traffic import RoundTraffic
 
 
@@ -40,12 +49,31 @@ class DeadlineBudget:
     rate at |h|² = −ln(1 − ε)). Lower it when late uploads cost more than smaller ones; at
     0.1 about one upload in ten meets a fade worse than planned and risks the deadline."""
 
+    deadline_s: float | None = None
+    """D in deployments, seconds: the round's deadline, where no simulated channel sets one and
+    budgets come from measured uploads (`measured_budgets`). None with a simulated channel:
+    its `deadline_s` is D."""
+
     def __post_init__(self) -> None:
         if not 0 < self.outage < 1:
             raise ValueError(f"the outage probability lies in (0, 1), got {self.outage}")
+        if self.deadline_s is not None and not 0 < self.deadline_s < math.inf:
+            raise ValueError(f"a deadline is a positive number of seconds, got {self.deadline_s}")
+
+    def check_deadline(self, channel: Channel | None) -> None:
+        """ValueError unless there is one deadline: `channel`'s, or (no channel) `deadline_s`."""
+        simulated = channel is not None and channel.config.deadline_s is not None
+        if simulated == (self.deadline_s is not None):
+            raise ValueError(
+                "a bit budget needs one deadline: a channel with a deadline (deadline_s) to plan "
+                "it from, or, in deployment without a channel, its own (deadline:deadline_s=...)"
+            )
 
     def describe(self) -> str:
-        return "deadline" if self == DeadlineBudget() else f"deadline:outage={self.outage}"
+        default = DeadlineBudget()
+        changed = [f.name for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        params = [f"{name}={getattr(self, name)}" for name in changed]
+        return "deadline" + (":" + ",".join(params) if params else "")
 
     @classmethod
     def parse(cls, text: str) -> DeadlineBudget:
@@ -88,23 +116,34 @@ class DeadlineBudget:
             out[c] = max(0.0, up[c].rate_bps * (network.deadline_s - rest))
         return out
 
+    def measured_budgets(self, measured: dict[int, MeasuredUpload]) -> dict[int, float]:
+        """Budget bits of each measured client (keyed by stable client id), from its last round:
+        r_k · (D − t_k) with r_k its upload's rate and t_k the rest of that round."""
+        return {c: max(0.0, m.rate_bps * (self.deadline_s - m.other_s)) for c, m in sorted(measured.items())}
+
     def instruct(
         self,
-        network: ChannelSimulator,
+        network: ChannelSimulator | None,
         server_round: int,
         messages: list[Message],
         traffic: RoundTraffic,
         client_of: dict[int, int],
         compute_s: dict[int, float],
+        measured: dict[int, MeasuredUpload],
     ) -> None:
         """Add to each train instruction of the round (`messages`, with their downlink counted in
         `traffic`) whose node's stable id is known (`client_of`: node → client) its budget, and
-        note it in `traffic.budgets`."""
+        note it in `traffic.budgets`: planned on `network`, or without one from the clients'
+        `measured` last rounds (client id → upload)."""
         nodes = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id in client_of]
-        downlink = {client_of[n]: 8 * traffic.downlink_bytes_by_node.get(n, 0) for n in nodes}
-        listeners = frozenset(client_of[n] for n in nodes if n in traffic.hears_broadcast)
-        broadcast = 8 * traffic.broadcast_bytes
-        budgets = self.budgets(network, server_round, downlink, compute_s, broadcast, listeners)
+        if network is None:
+            cohort = {client_of[n] for n in nodes}
+            budgets = self.measured_budgets({c: m for c, m in measured.items() if c in cohort})
+        else:
+            downlink = {client_of[n]: 8 * traffic.downlink_bytes_by_node.get(n, 0) for n in nodes}
+            listeners = frozenset(client_of[n] for n in nodes if n in traffic.hears_broadcast)
+            broadcast = 8 * traffic.broadcast_bytes
+            budgets = self.budgets(network, server_round, downlink, compute_s, broadcast, listeners)
         for m in messages:
             client = client_of.get(m.metadata.dst_node_id)
             if client in budgets:

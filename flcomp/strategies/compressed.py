@@ -21,18 +21,17 @@ What crossed the links joins the round's metrics (`flcomp.strategies.traffic`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
-import random
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from flcomp.channel import Channel
 from flcomp.codecs import Codec, DecoderPool, ModelSpec
@@ -44,6 +43,8 @@ from flcomp.strategies.budget import DeadlineBudget
 from flcomp.strategies.downlink import DELIVERIES, Broadcast, Delivery, on_air
 from flcomp.strategies.network import apply_channel
 from flcomp.strategies.replies import ClientIds, check_evaluate, check_train, weight
+from flcomp.strategies.sampling import seeded_sampling
+from flcomp.strategies.timing import MeasuredUpload, TimedGrid, measure_uploads
 from flcomp.strategies.traffic import RoundTraffic
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class Compressed(Strategy):
 
     `budget` ("deadline", or a `DeadlineBudget`) gives every instructed client a bit budget
     from its link's planned rate and the channel's deadline (`flcomp.strategies.budget`);
-    codecs with a rate knob (top-k, STC, QSGD) meet it. It needs a channel with a deadline.
+    codecs with a rate knob (top-k, STC, QSGD, the ladder) meet it. It needs a channel with a
+    deadline or, in deployment, one of its own ("deadline:deadline_s=30"): budgets then come
+    from each client's last round as `start` measured it (`flcomp.strategies.timing`).
     """
 
     def __init__(
@@ -110,8 +113,8 @@ class Compressed(Strategy):
         self.channel = Channel.parse(channel) if isinstance(channel, str) else channel
         self.budget = DeadlineBudget.parse(budget) if isinstance(budget, str) else budget
         """The bit-budget policy (`flcomp.strategies.budget`), or None: every client at its codec's rate."""
-        if self.budget is not None and (self.channel is None or self.channel.config.deadline_s is None):
-            raise ValueError("a bit budget needs a channel with a deadline (deadline_s) to plan it from")
+        if self.budget is not None:
+            self.budget.check_deadline(self.channel)
         self._network = self.channel.simulator(seed) if self.channel is not None else None
         self.seed = seed
         self.pool: DecoderPool | None = None
@@ -129,6 +132,9 @@ class Compressed(Strategy):
         """The train instructions of the round in progress (the grid gives them their message ids)."""
         self._compute_s: dict[int, float] = {}
         """client id → its compute seconds the last time the channel ran it (for the budgets)."""
+        self._timing: TimedGrid | None = None  # the grid `start` times rounds with (budgets in deployment)
+        self._measured: dict[int, MeasuredUpload] = {}
+        """client id → its last round as measured (budgets in deployment; not in `state_dict`)."""
         self._last_instructed: dict[int, int] = {}
         """node → the last round that instructed it: the nodes whose codec state the server keeps
         (decoders, replica versions), the least recent first to go under `max_client_states`."""
@@ -140,6 +146,13 @@ class Compressed(Strategy):
         if self.broadcast is not None:
             log.info("Compressed downlink: %s", self.broadcast.codec.describe())
         self.strategy.summary()
+
+    def start(self, grid: Grid, *args: Any, **kwargs: Any) -> Result:
+        """Flower's `Strategy.start`; with a budget in deployment, on a grid that times the rounds
+        (after a resume each client's first round then has no budget, as a new client's)."""
+        if self.budget is not None and self._network is None:
+            grid = self._timing = TimedGrid(grid)
+        return super().start(grid, *args, **kwargs)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -165,7 +178,9 @@ class Compressed(Strategy):
             self._instruct(m, server_round, len(messages), side.get(str(m.metadata.dst_node_id)), traffic)
         if self.budget is not None:
             client_of = {node: client for client, node in self.client_ids.holder.items()}
-            self.budget.instruct(self._network, server_round, messages, traffic, client_of, self._compute_s)
+            self.budget.instruct(
+                self._network, server_round, messages, traffic, client_of, self._compute_s, self._measured
+            )
         self._instructions = {server_round: messages}
         self._last_instructed |= {m.metadata.dst_node_id: server_round for m in messages}
         return messages
@@ -190,6 +205,9 @@ class Compressed(Strategy):
         self.client_ids.release(check.silent)
         uploads = check.uploads
         traffic.uploads = {n: (u.client, len(u.payload)) for n, u in uploads.items()}
+        if self._timing is not None:
+            traffic.measured = measure_uploads(self._timing, uploads)
+            self._measured |= {uploads[n].client: m for n, m in traffic.measured.items()}
         traffic.over_budget = sum(
             8 * len(u.payload) > traffic.budgets.get(n, math.inf) for n, u in uploads.items()
         )
@@ -319,6 +337,8 @@ class Compressed(Strategy):
             records.SEED: self.seed,
             records.ROUND: server_round,
         }
+        if self._timing is not None:
+            instructions[records.REPORT_SENT_AT] = True
         # Strategies may share one RecordDict among their messages (FedAvg does): each
         # message gets its own, whose changed records are new objects.
         m.content = RecordDict(dict(m.content.items()))
@@ -414,23 +434,6 @@ class Compressed(Strategy):
             "downlink_delivery": self.downlink_delivery,
             "budget": self.budget.describe() if self.budget is not None else None,
         }
-
-
-@contextlib.contextmanager
-def seeded_sampling(seed: int, stream: int) -> Iterator[None]:
-    """Python's global `random`, which Flower's strategies sample nodes with, seeded by
-    (`seed`, `stream`) inside the block and as it was after it.
-
-    The cohort of a round is then a function of the seed, the round and the node ids alone:
-    the same on every engine, for every codec of a comparison, and after a resume, whatever
-    else draws from `random` in the process (Ray does).
-    """
-    state = random.getstate()
-    random.seed(f"flcomp-sampling/{seed}/{stream}")
-    try:
-        yield
-    finally:
-        random.setstate(state)
 
 
 def _cast(x: np.ndarray, dtype: np.dtype) -> np.ndarray:

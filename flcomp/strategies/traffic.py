@@ -55,7 +55,8 @@ Per client (`client_rows`, a simulation's clients.csv): one row per instructed n
 round, with its client id, its own downlink bytes (under broadcast delivery, besides the
 broadcast), its payload's bytes, its bit budget, "accepted" or why it was dropped, and
 with a channel its round on the virtual clock (delivered, downlink_s, compute_s, uplink_s,
-uplink_airtime_s, energy_j: `flcomp.channel.ClientOutcome`).
+uplink_airtime_s, energy_j: `flcomp.channel.ClientOutcome`); where the server measures
+uploads (a budget in deployment), the measured upload and round seconds and the rate.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ import numpy as np
 from flcomp.channel import RoundReport
 from flcomp.codecs import Codec
 from flcomp.protocol import records
+from flcomp.strategies.timing import MeasuredUpload
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,9 @@ _CHANNEL_FIELDS = (
 """The fields of a round on a simulated network: value of its RoundReport."""
 CLIENT_CHANNEL_COLUMNS = ("delivered", "downlink_s", "compute_s", "uplink_s", "uplink_airtime_s", "energy_j")
 """clients.csv's columns from the client's `ClientOutcome` (empty without a channel)."""
+MEASURED_COLUMNS = ("measured_upload_s", "measured_round_s", "measured_uplink_bps")
+"""clients.csv's columns from the measured upload (`flcomp.strategies.timing`; empty unless
+the server measures: a budget without a simulated channel)."""
 CLIENT_COLUMNS = (
     "round",
     "client",
@@ -127,6 +132,7 @@ CLIENT_COLUMNS = (
     "budget_bits",
     "outcome",
     *CLIENT_CHANNEL_COLUMNS,
+    *MEASURED_COLUMNS,
 )
 """clients.csv's columns: one row per instructed client and round (`RoundTraffic.client_rows`)."""
 
@@ -161,6 +167,9 @@ class RoundTraffic:
     """Of downlink_bytes: the codec's side information for the encoders (`DecoderPool.plan_round`)."""
     channel: RoundReport | None = None
     """The round on the simulated network (None without a channel), keyed by client id."""
+    measured: dict[int, MeasuredUpload] = field(default_factory=dict)
+    """node → its upload as the server measured it (`flcomp.strategies.timing`; deployments
+    with a budget)."""
     stats: dict[str, float] = field(default_factory=dict)
     """The uplink codec's stats (`Compressor.stats`), summed over the accepted clients."""
     downlink_stats: dict[str, float] = field(default_factory=dict)
@@ -253,6 +262,9 @@ class RoundTraffic:
             on_air = self.channel.clients.get(client) if self.channel is not None and client != "" else None
             if on_air is not None:
                 row |= {k: getattr(on_air, k) for k in CLIENT_CHANNEL_COLUMNS}
+            measured = self.measured.get(node)
+            if measured is not None:
+                row |= dict(zip(MEASURED_COLUMNS, (measured.upload_s, measured.round_s, measured.rate_bps)))
             rows.append(row)
         return rows
 

@@ -79,6 +79,8 @@ def test_the_planned_rate_is_the_outage_rate_of_the_cells_fading():
         (dict(budget="deadline"), "channel with a deadline"),
         (dict(budget="deadline", channel="urban-sub6"), "channel with a deadline"),
         (dict(budget="deadline:outage=1.5", channel=TIGHT), "outage"),
+        (dict(budget="deadline:deadline_s=1", channel=TIGHT), "one deadline"),
+        (dict(budget="deadline:deadline_s=0"), "positive number of seconds"),
         (dict(budget="fastest", channel=TIGHT), "unknown budget policy"),
     ],
 )

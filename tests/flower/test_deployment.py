@@ -270,8 +270,9 @@ def flwr_environment(directory: Path, name: str, port: int, security: str) -> di
     return env
 
 
-def deploy(app: Path, directory: Path, result: Path) -> None:
-    """Run `app` on a SuperLink and two SuperNodes on loopback; it saves its final model to `result`."""
+def deploy(app: Path, directory: Path, result: Path, run_config: str = "") -> None:
+    """Run `app` on a SuperLink and two SuperNodes on loopback; it saves its final model to `result`.
+    `run_config`: more `--run-config` overrides ("key=value ...")."""
     link_port, *node_ports = free_ports(3)
     env = flwr_environment(directory, CONNECTION, link_port, "insecure = true")
     with Processes(directory, env) as processes:
@@ -293,7 +294,8 @@ def deploy(app: Path, directory: Path, result: Path) -> None:
         run = processes.start(
             "flwr-run",
             command("flwr"),
-            *("run", str(app), CONNECTION, "--stream", "--run-config", f"result-path='{result}'"),
+            *("run", str(app), CONNECTION, "--stream"),
+            *("--run-config", f"result-path='{result}' {run_config}"),
             cwd=directory,
         )
         processes.finish(run, RUN_TIMEOUT)
@@ -343,6 +345,36 @@ def test_deployment_matches_simulation(tmp_path):
         assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5, err_msg=key)
     assert any(not np.allclose(a[k], initial[k]) for k in a), "the deployed model never changed"
+
+
+@pytest.mark.slow
+def test_a_deployed_client_reports_its_upload_and_the_budget_uses_what_was_measured(tmp_path):
+    """Over loopback the server measures each real client's upload (its reported send time, the
+    ServerApp's pulls) and budgets its next round from it: r · (D − the rest of its last round)."""
+    app = copy_app(tmp_path / "app")
+    deadline = 600.0
+    result = tmp_path / "deployed.npz"
+    deploy(app, tmp_path, result, f"budget='deadline:deadline_s={deadline}'")
+    rows = json.loads(Path(f"{result}.clients.json").read_text())
+    by_round = {r: [row for row in rows if row["round"] == r] for r in range(1, ROUNDS + 1)}
+    assert all(len(by_round[r]) == 2 for r in by_round), rows
+    for r, clients in by_round.items():
+        for row in clients:
+            assert row["outcome"] == "accepted", row
+            upload, whole = row["measured_upload_s"], row["measured_round_s"]
+            assert 0 < upload <= whole < RUN_TIMEOUT
+            assert row["measured_uplink_bps"] == pytest.approx(8 * row["uplink_bytes"] / upload)
+            print(
+                f"round {r} client {row['client']}: {row['uplink_bytes']} B up in {upload:.3f} s "
+                f"of a {whole:.2f} s round, budget {row['budget_bits']}"
+            )
+            if r == 1:
+                assert row["budget_bits"] == "", "no budget before the server has measured the client"
+            else:
+                last = next(p for p in by_round[r - 1] if p["client"] == row["client"])
+                other = last["measured_round_s"] - last["measured_upload_s"]
+                expected = last["measured_uplink_bps"] * (deadline - other)
+                assert row["budget_bits"] == pytest.approx(expected) and 8 * row["uplink_bytes"] <= expected
 
 
 def assert_serves_tls(port: int, ca: Path) -> None:

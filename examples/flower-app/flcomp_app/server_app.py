@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from pathlib import Path
 from logging import INFO, WARNING
 
 import numpy as np
@@ -41,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         ),
         codec=str(config["codec"]),
         seed=seed,
+        budget=str(config.get("budget", "")) or None,
     )
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -77,4 +80,6 @@ def main(grid: Grid, context: Context) -> None:
     path = str(config.get("result-path", "")) or os.environ.get("FLCOMP_RESULT_PATH", "")
     if path:
         np.savez(path, **{k: final[k].numpy() for k in task.keys})
-        log(INFO, "final model saved to %s", path)
+        rows = [{"round": rnd} | row for rnd, t in sorted(strategy.traffic.items()) for row in t.client_rows()]
+        Path(f"{path}.clients.json").write_text(json.dumps(rows, indent=1))
+        log(INFO, "final model saved to %s, each round's clients to %s.clients.json", path, path)
