@@ -31,7 +31,7 @@ virtual seconds, client energy and uplink bytes there. The best fixed codec is t
 that reaches the target soonest in virtual time on that cell.
 
 Floors: each budgeted arm reaches the target ≥ 1.3× sooner in virtual time than the best fixed
-codec on both cells, with no more client energy; and, on iot-lowpower with an fp16 downlink,
+codec on both cells, with no more client energy; and, on iot-lowpower with fp16 both ways,
 broadcast delivery's downlink airtime per round (summed over clients, `downlink_airtime_s`) is
 at least K/2 = 5 times lower than unicast's at K = 10 up-to-date clients (10 clients, all
 sampled every round, no deadline; rounds ≥ 2, after the replicas start).
@@ -256,7 +256,7 @@ def cell_table(
 
 
 def broadcast_runs(task: TaskConfig, args: argparse.Namespace) -> list[experiment.Run]:
-    """The delivery comparison: fp16 downlink, unicast and broadcast, K = 10 clients all sampled."""
+    """The delivery comparison: fp16 both ways, unicast and broadcast, K = 10 clients all sampled."""
     small = replace(task, num_clients=BROADCAST_CLIENTS)
     devices = cell(BROADCAST_CELL, small, BROADCAST_CLIENTS, args.seed)
     channel = devices.channel.replace(f"deadline_s={devices.deadline_s:.4g},", "")
