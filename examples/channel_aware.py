@@ -59,7 +59,7 @@ from flcomp.sim import RunConfig, experiment
 from flcomp.sim.apps import load_task
 from flcomp.sim.experiment import Rows
 from flcomp.tasks import TaskConfig
-from flcomp.tasks.datasets import find_fashion_mnist
+from flcomp.tasks.datasets import fashion_or_digits
 
 FRACTION = 0.2
 """Of the clients instructed each round: K = 10 of 50."""
@@ -87,14 +87,6 @@ BROADCAST_DOWNLINK = "fp16"
 BROADCAST_UPLINK = "fp16"
 BROADCAST_CLIENTS = 10
 BROADCAST_ROUNDS = 4
-
-
-def fashion_or_digits() -> str:
-    try:
-        find_fashion_mnist(None)
-        return "fashion-mnist"
-    except FileNotFoundError:
-        return "digits"
 
 
 @dataclass(frozen=True)

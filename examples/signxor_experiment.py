@@ -45,7 +45,7 @@ from flcomp.sim import RunConfig, experiment, plot_runs
 from flcomp.sim.apps import load_task
 from flcomp.sim.experiment import Rows
 from flcomp.tasks import TaskConfig
-from flcomp.tasks.datasets import find_fashion_mnist
+from flcomp.tasks.datasets import fashion_or_digits
 
 BATCH = 64
 CLIENTS = 8
@@ -66,14 +66,6 @@ class Problem:
     fp32_lr: float
     """Plain SGD's step size (the fp32 arm of --extras): the sign codecs' step can be too long
     for uncompressed SGD."""
-
-
-def fashion_or_digits() -> str:
-    try:
-        find_fashion_mnist(None)
-        return "fashion-mnist"
-    except FileNotFoundError:
-        return "digits"
 
 
 def _task(dataset: str, model: str, lr: float, **split) -> TaskConfig:

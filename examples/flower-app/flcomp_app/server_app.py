@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 from logging import INFO, WARNING
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, MetricRecord
@@ -80,6 +80,7 @@ def main(grid: Grid, context: Context) -> None:
     path = str(config.get("result-path", "")) or os.environ.get("FLCOMP_RESULT_PATH", "")
     if path:
         np.savez(path, **{k: final[k].numpy() for k in task.keys})
-        rows = [{"round": rnd} | row for rnd, t in sorted(strategy.traffic.items()) for row in t.client_rows()]
+        traffic = sorted(strategy.traffic.items())
+        rows = [{"round": rnd} | row for rnd, t in traffic for row in t.client_rows()]
         Path(f"{path}.clients.json").write_text(json.dumps(rows, indent=1))
         log(INFO, "final model saved to %s, each round's clients to %s.clients.json", path, path)
