@@ -95,9 +95,8 @@ def find_fashion_mnist(data_dir: str | None) -> dict[str, Path]:
     )
 
 
-@cache
 def fashion_or_digits() -> str:
-    """ "fashion-mnist" where its IDX files are found (`find_fashion_mnist`), else the embedded "digits"."""
+    """The dataset name: "fashion-mnist" where its IDX files are (`find_fashion_mnist`), else "digits"."""
     try:
         find_fashion_mnist(None)
         return "fashion-mnist"
@@ -105,6 +104,7 @@ def fashion_or_digits() -> str:
         return "digits"
 
 
+@cache
 def load_fashion_mnist(data_dir: str | None) -> Data:
     """Fashion-MNIST from its IDX files (see find_fashion_mnist): 60 000 train / 10 000 test
     28×28 images scaled from 0..255 to [0, 1], 10 classes; the split is the dataset's own."""
